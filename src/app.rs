@@ -1,0 +1,172 @@
+//! The manager: owns the engine, the HTTP server and every background task, starts them in
+//! stages and stops them in a fixed order.
+//!
+//! Shutdown order, and why: (1) stop accepting and let in-flight requests finish within
+//! `server.shutdown_grace_ms`, so no answered write is lost; (2) cancel the token so every task
+//! leaves its loop; (3) wait for the tasks, bounded, so a stuck task cannot hold the exit.
+//! (A final snapshot, when persistence exists, goes after (3).)
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::engine::{Clock, Engine};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::tasks;
+
+/// How long shutdown waits for background tasks after cancelling them.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct App {
+    local_addr: SocketAddr,
+    instance_id: String,
+    /// Cancelled first: the server stops accepting and drains.
+    stop_accepting: CancellationToken,
+    /// Cancelled after the drain: every background task stops.
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    server: JoinHandle<std::io::Result<()>>,
+    shutdown_grace: Duration,
+}
+
+impl App {
+    /// Binds the listener, opens L1, starts the tasks and the server.
+    ///
+    /// # Errors
+    /// When the listen address cannot be bound.
+    pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        let instance_id = if settings.server.instance_id.is_empty() {
+            generate_instance_id()
+        } else {
+            settings.server.instance_id.clone()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(Engine::new(
+            settings.engine_config(),
+            metrics.clone(),
+            Clock::new(),
+        ));
+        tracing::info!(
+            max_entries = settings.l1.max_entries,
+            max_bytes = settings.l1.max_bytes,
+            "l1 open"
+        );
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(tasks::sweeper::run(
+            engine.clone(),
+            settings.cleanup_interval(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(tasks::metrics_reporter::run(
+            engine.clone(),
+            settings.metrics_interval(),
+            shutdown.clone(),
+        ));
+
+        // No L2, warm source or snapshot yet: the start-up load is empty, so ready at once.
+        let ready = Arc::new(AtomicBool::new(false));
+        let server_config = settings.server_config();
+        let state = AppState::new(http::Shared {
+            engine,
+            metrics,
+            instance_id: instance_id.clone(),
+            started: Instant::now(),
+            ready: ready.clone(),
+            metrics_enabled: settings.metrics.enabled,
+            in_flight: Arc::new(Semaphore::new(server_config.max_concurrency)),
+            server: server_config.clone(),
+        });
+
+        let listen = settings.listen_addr();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding server.listen {listen}"))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let stop_accepting = CancellationToken::new();
+        let router = http::router(state);
+        let server = tokio::spawn({
+            let stop_accepting = stop_accepting.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+                    .await
+            }
+        });
+        ready.store(true, Ordering::Release);
+        tracing::info!(%local_addr, instance_id, "listening");
+        Ok(App {
+            local_addr,
+            instance_id,
+            stop_accepting,
+            shutdown,
+            tasks,
+            server,
+            shutdown_grace: server_config.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Stops the service in the order documented at the top of this module.
+    pub async fn shutdown(self) {
+        tracing::info!("shutdown: draining in-flight requests");
+        self.stop_accepting.cancel();
+        let mut server = self.server;
+        match tokio::time::timeout(self.shutdown_grace, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(%err, "server stopped with an error"),
+            Ok(Err(err)) => tracing::warn!(%err, "server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = self.shutdown_grace.as_millis() as u64,
+                    "drain exceeded the grace period"
+                );
+                server.abort();
+            }
+        }
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(TASK_STOP_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// `hostname-xxxxxxxx`: readable in logs, unique across restarts.
+fn generate_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tiercache".into());
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{host}-{:08x}", hasher.finish() as u32)
+}

@@ -1,0 +1,187 @@
+//! An entry as the tiers hold it: serialized value bytes plus the metadata of SPEC §2.
+//! Immutable once built; tiers share it behind an `Arc`, so a hit clones a pointer, not a value.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::key::{Key, Tag};
+
+/// Fixed bytes an entry costs beyond its key, value, tags and dependencies: the `Entry` itself,
+/// the `Arc` counts, quick_cache's slot, and the pointer of each tag and dependency.
+const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16 + 48;
+const PER_NAME_OVERHEAD_BYTES: usize = std::mem::size_of::<Key>() + 16;
+
+#[derive(Debug)]
+pub struct Entry {
+    value: Bytes,
+    /// The quoted strong ETag, rendered once at write time for the hit path.
+    etag: [u8; ETAG_LEN],
+    cached_at_ms: u64,
+    expires_at_ms: u64,
+    tags: Box<[Tag]>,
+    depends_on: Box<[Key]>,
+    /// Unique per write, process-wide: index records carry it so that removing an old entry
+    /// never removes the index record of the entry that replaced it.
+    version: u64,
+    /// Bytes this entry counts against `l1.max_bytes`: key + value + metadata.
+    size: usize,
+}
+
+const ETAG_LEN: usize = 34;
+
+impl Entry {
+    pub fn new(
+        key: &Key,
+        value: Bytes,
+        now_ms: u64,
+        ttl: Duration,
+        tags: Box<[Tag]>,
+        depends_on: Box<[Key]>,
+        version: u64,
+    ) -> Entry {
+        let names_bytes: usize = tags
+            .iter()
+            .map(|tag| tag.as_str().len() + PER_NAME_OVERHEAD_BYTES)
+            .sum::<usize>()
+            + depends_on
+                .iter()
+                .map(|dep| dep.len() + PER_NAME_OVERHEAD_BYTES)
+                .sum::<usize>();
+        let size = ENTRY_OVERHEAD_BYTES + key.len() + value.len() + names_bytes;
+        Entry {
+            etag: etag_of(&value),
+            value,
+            cached_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+            tags,
+            depends_on,
+            version,
+            size,
+        }
+    }
+
+    /// Bytes a new entry of this shape would count, to refuse one that cannot fit before
+    /// anything is written.
+    pub fn size_of(key: &Key, value_len: usize, tags: &[Tag], depends_on: &[Key]) -> usize {
+        ENTRY_OVERHEAD_BYTES
+            + key.len()
+            + value_len
+            + tags
+                .iter()
+                .map(|tag| tag.as_str().len() + PER_NAME_OVERHEAD_BYTES)
+                .sum::<usize>()
+            + depends_on
+                .iter()
+                .map(|dep| dep.len() + PER_NAME_OVERHEAD_BYTES)
+                .sum::<usize>()
+    }
+
+    /// The serialized JSON value, exactly as written.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    pub fn etag(&self) -> &str {
+        std::str::from_utf8(&self.etag).expect("etag is ASCII hex")
+    }
+
+    pub fn cached_at_ms(&self) -> u64 {
+        self.cached_at_ms
+    }
+
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    pub fn tags(&self) -> &[Tag] {
+        &self.tags
+    }
+
+    pub fn depends_on(&self) -> &[Key] {
+        &self.depends_on
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    #[inline]
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+
+    /// Whole seconds left, rounded down so that `max-age` never overstates freshness.
+    pub fn ttl_remaining_secs(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms.saturating_sub(now_ms) / 1000
+    }
+}
+
+/// A strong ETag from the value bytes: 128-bit xxh3, so equal bytes give equal tags and a
+/// collision between different values is out of practical reach.
+fn etag_of(value: &[u8]) -> [u8; ETAG_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = xxhash_rust::xxh3::xxh3_128(value);
+    let mut out = [b'"'; ETAG_LEN];
+    for (idx, slot) in out[1..ETAG_LEN - 1].iter_mut().enumerate() {
+        *slot = HEX[((hash >> (124 - 4 * idx)) & 0xf) as usize];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &'static [u8]) -> Entry {
+        let key = Key::parse("k", 512).unwrap();
+        Entry::new(
+            &key,
+            Bytes::from_static(value),
+            1_000,
+            Duration::from_secs(10),
+            Box::new([]),
+            Box::new([]),
+            1,
+        )
+    }
+
+    #[test]
+    fn etag_follows_the_bytes() {
+        assert_eq!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":1}").etag());
+        assert_ne!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":2}").etag());
+        let etag = entry(b"1").etag().to_string();
+        assert_eq!(etag.len(), 34);
+        assert!(etag.starts_with('"') && etag.ends_with('"'));
+    }
+
+    #[test]
+    fn expiry_and_remaining_ttl() {
+        let entry = entry(b"1");
+        assert_eq!(entry.expires_at_ms(), 11_000);
+        assert!(!entry.is_expired(10_999));
+        assert!(entry.is_expired(11_000));
+        assert_eq!(entry.ttl_remaining_secs(1_500), 9);
+    }
+
+    #[test]
+    fn size_counts_key_value_and_metadata() {
+        let key = Key::parse("key", 512).unwrap();
+        let tags: Box<[Tag]> = Box::new([Tag::parse("t1").unwrap()]);
+        let entry = Entry::new(
+            &key,
+            Bytes::from(vec![b'1'; 100]),
+            0,
+            Duration::from_secs(1),
+            tags.clone(),
+            Box::new([]),
+            1,
+        );
+        assert_eq!(entry.size(), Entry::size_of(&key, 100, &tags, &[]));
+        assert!(entry.size() > 100 + 3 + 2);
+    }
+}

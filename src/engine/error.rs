@@ -1,0 +1,16 @@
+//! What can go wrong in the engine, in terms a caller can act on. A miss is `None`, not an error.
+
+/// An engine failure. Each variant maps to one HTTP status in `http::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid ttl: {0}")]
+    InvalidTtl(String),
+    #[error("invalid tags: {0}")]
+    InvalidTags(String),
+    #[error("invalid depends_on: {0}")]
+    InvalidDependencies(String),
+    #[error("value too large: {0}")]
+    ValueTooLarge(String),
+}

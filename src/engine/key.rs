@@ -1,0 +1,121 @@
+//! Keys and tags: validated, cheaply clonable strings.
+//! Knows nothing of HTTP; percent-decoding happens before a string gets here.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use super::error::EngineError;
+
+/// A cache key: UTF-8, 1..=`max_key_bytes` bytes, no control characters.
+/// Clones share one allocation, so the indexes can hold keys without copying them.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// # Errors
+    /// [`EngineError::InvalidKey`] when the key is empty, too long or holds a control character.
+    pub fn parse(raw: &str, max_key_bytes: usize) -> Result<Key, EngineError> {
+        check_text("key", raw, max_key_bytes).map_err(EngineError::InvalidKey)?;
+        Ok(Key(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A tag: 1..=128 bytes of UTF-8 without control characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(Arc<str>);
+
+/// Longest tag accepted (SPEC §2).
+pub const MAX_TAG_BYTES: usize = 128;
+
+impl Tag {
+    /// # Errors
+    /// [`EngineError::InvalidTags`] when the tag is empty, too long or holds a control character.
+    pub fn parse(raw: &str) -> Result<Tag, EngineError> {
+        check_text("tag", raw, MAX_TAG_BYTES).map_err(EngineError::InvalidTags)?;
+        Ok(Tag(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Tag {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+fn check_text(what: &str, raw: &str, max_bytes: usize) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if raw.len() > max_bytes {
+        return Err(format!(
+            "{what} is {} bytes, the limit is {max_bytes}",
+            raw.len()
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_slashes_and_colons() {
+        assert_eq!(
+            Key::parse("/api/users//1:x", 512).unwrap().as_str(),
+            "/api/users//1:x"
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(Key::parse("", 512).is_err());
+        assert!(Key::parse("a\nb", 512).is_err());
+        assert!(Key::parse("a\u{7f}", 512).is_err());
+        assert!(Key::parse(&"k".repeat(513), 512).is_err());
+        assert!(Key::parse(&"k".repeat(512), 512).is_ok());
+        // The limit counts bytes, not characters.
+        assert!(Key::parse(&"é".repeat(257), 512).is_err());
+    }
+
+    #[test]
+    fn tags_are_bounded() {
+        assert!(Tag::parse(&"t".repeat(128)).is_ok());
+        assert!(Tag::parse(&"t".repeat(129)).is_err());
+        assert!(Tag::parse("").is_err());
+    }
+}

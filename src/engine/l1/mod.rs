@@ -1,0 +1,544 @@
+//! L1: the bounded, sharded in-memory tier, with its tag index and dependency graph.
+//!
+//! The store is `quick_cache::sync::Cache` (sharded, S3-FIFO-like, scan resistant). Both bounds
+//! of SPEC §4 are enforced through one weight: an entry weighs `max(size, unit)` where
+//! `unit = ceil(max_bytes / max_entries)` and the capacity is `max_bytes`, so the count never
+//! exceeds `max_entries` and the bytes never exceed `max_bytes`. The price: a cache mixing tiny
+//! and huge entries holds fewer bytes than `max_bytes`, because tiny entries weigh `unit`.
+//!
+//! Invariants:
+//! - `bytes` equals the sum of `Entry::size` over resident entries, plus entries being inserted
+//!   (added before the insert so that a rejection's subtraction never goes below zero).
+//! - Every resident entry with tags or dependencies has one index record per tag and dependency
+//!   carrying its version; every record belongs to a resident entry or to a write in progress.
+//!   Each path that takes an entry out (replace, remove, eviction, sweep, drain) calls `forget`
+//!   exactly once for it.
+//! - Writes of one key are serialized by a striped mutex (`write_locks`), so the index records
+//!   of two concurrent writes of a key cannot interleave. Removals need no stripe: they clean up
+//!   conditionally on the version they removed. No stripe lock is held across `.await` (L1 is
+//!   synchronous) and a stripe lock is never taken inside a quick_cache hook.
+//! - Knows nothing of Redis or HTTP.
+
+mod index;
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+use self::index::VersionedIndex;
+use super::entry::Entry;
+use super::key::{Key, Tag};
+use crate::config::L1Config;
+use crate::metrics::{EvictionReason, Metrics};
+
+pub(crate) struct L1 {
+    cache: Cache<Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, Hooks>,
+    shared: Arc<Shared>,
+    /// Serializes writes of one key (see the module invariants). Striped, not per key, so its
+    /// memory does not grow with the key space.
+    write_locks: Box<[Mutex<()>]>,
+    stripe_hasher: std::hash::RandomState,
+    /// Largest weight one shard can hold; a bigger entry could never be admitted.
+    shard_capacity: u64,
+    weighter: EntryWeighter,
+}
+
+/// State the eviction hook shares with the cache's owner.
+struct Shared {
+    tags: VersionedIndex<Tag>,
+    dependents: VersionedIndex<Key>,
+    bytes: AtomicI64,
+    metrics: Arc<Metrics>,
+}
+
+const WRITE_LOCK_STRIPES: usize = 1024;
+
+impl L1 {
+    pub fn new(config: &L1Config, metrics: Arc<Metrics>) -> Self {
+        let max_entries = config.max_entries.get() as u64;
+        let unit = config.max_bytes.div_ceil(max_entries).max(1);
+        let shards = shard_count(max_entries);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(max_entries.min(1 << 20) as usize)
+            .weight_capacity(config.max_bytes)
+            .shards(shards)
+            .build()
+            .expect("valid quick_cache options");
+        let shared = Arc::new(Shared {
+            tags: VersionedIndex::new(),
+            dependents: VersionedIndex::new(),
+            bytes: AtomicI64::new(0),
+            metrics,
+        });
+        let weighter = EntryWeighter { unit };
+        let cache = Cache::with_options(
+            options,
+            weighter,
+            DefaultHashBuilder::default(),
+            Hooks {
+                shared: shared.clone(),
+            },
+        );
+        let shard_capacity = cache.shard_capacity();
+        Self {
+            cache,
+            shared,
+            write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_hasher: std::hash::RandomState::new(),
+            shard_capacity,
+            weighter,
+        }
+    }
+
+    /// Whether an entry of `size` bytes could be admitted at all.
+    pub fn fits(&self, size: usize) -> bool {
+        self.weighter.weight_of(size) <= self.shard_capacity
+    }
+
+    /// The resident entry for `key`, fresh or not; expiry is the caller's decision.
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key)
+    }
+
+    /// The resident entry without counting an access for the eviction policy.
+    pub fn peek(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.peek(key)
+    }
+
+    /// Stores `entry` under `key`; returns the entry it replaced. The caller checked `fits`.
+    pub fn insert(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+        let stripe = self.stripe_hasher.hash_one(key) as usize % WRITE_LOCK_STRIPES;
+        let _write_guard = self.write_locks[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for tag in entry.tags() {
+            self.shared.tags.add(tag, key, entry.version());
+        }
+        for dependency in entry.depends_on() {
+            self.shared.dependents.add(dependency, key, entry.version());
+        }
+        self.shared
+            .bytes
+            .fetch_add(entry.size() as i64, Ordering::Relaxed);
+
+        let mut evicted = Vec::new();
+        let replaced = match self.cache.entry(key, None, |_, resident| {
+            EntryAction::Retain(std::mem::replace(resident, entry.clone()))
+        }) {
+            EntryResult::Retained(old) => Some(old),
+            EntryResult::Vacant(guard) => {
+                // The placeholder can only be lost to a concurrent insert of the same key, which
+                // the stripe lock excludes, or a remove, after which this write simply loses.
+                if let Err(rejected) = guard.insert_with_lifecycle(entry, &mut evicted) {
+                    self.shared.forget(key, &rejected, EvictionReason::Replaced);
+                }
+                None
+            }
+            EntryResult::Removed(_, old) | EntryResult::Replaced(_, old) => Some(old),
+            EntryResult::Timeout => None,
+        };
+        if let Some(old) = &replaced {
+            self.shared.forget(key, old, EvictionReason::Replaced);
+        }
+        drop(evicted); // Evicted values are freed here, outside every lock.
+        replaced
+    }
+
+    /// Removes `key` whatever its version; returns the removed entry.
+    pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Arc<Entry>> {
+        let (key, entry) = self.cache.remove(key)?;
+        self.shared.forget(&key, &entry, reason);
+        Some(entry)
+    }
+
+    /// Removes `key` only if its resident entry is `version`; returns the removed entry.
+    pub fn remove_version(
+        &self,
+        key: &str,
+        version: u64,
+        reason: EvictionReason,
+    ) -> Option<Arc<Entry>> {
+        let (key, entry) = self
+            .cache
+            .remove_if(key, |resident| resident.version() == version)?;
+        self.shared.forget(&key, &entry, reason);
+        Some(entry)
+    }
+
+    /// Removes every entry expired at `now_ms`; returns how many.
+    pub fn remove_expired(&self, now_ms: u64) -> usize {
+        let expired = RefCell::new(Vec::new());
+        self.cache.retain(|key, entry| {
+            let keep = !entry.is_expired(now_ms);
+            if !keep {
+                expired.borrow_mut().push((key.clone(), entry.clone()));
+            }
+            keep
+        });
+        let expired = expired.into_inner();
+        for (key, entry) in &expired {
+            self.shared.forget(key, entry, EvictionReason::Expired);
+        }
+        expired.len()
+    }
+
+    /// Removes every entry; returns how many.
+    pub fn clear(&self) -> usize {
+        let mut n_removed = 0;
+        for (key, entry) in self.cache.drain() {
+            self.shared
+                .forget(&key, &entry, EvictionReason::Invalidated);
+            n_removed += 1;
+        }
+        n_removed
+    }
+
+    /// Resident keys (with versions) that satisfy `predicate`.
+    pub fn keys_where(&self, mut predicate: impl FnMut(&Key) -> bool) -> Vec<(Key, u64)> {
+        self.cache
+            .iter()
+            .filter(|(key, _)| predicate(key))
+            .map(|(key, entry)| (key, entry.version()))
+            .collect()
+    }
+
+    /// Keys carrying `tag`, with the version of the entry that carries it.
+    pub fn tagged(&self, tag: &str) -> Vec<(Key, u64)> {
+        self.shared.tags.members(tag)
+    }
+
+    /// Keys whose `depends_on` holds `key`, with the version of the entry that holds it.
+    pub fn dependents(&self, key: &str) -> Vec<(Key, u64)> {
+        self.shared.dependents.members(key)
+    }
+
+    /// The `count` entries the policy values least: fewest reads since they became resident,
+    /// oldest first among equals. quick_cache does not expose its queues, so this ranks by the
+    /// same signals its policy uses (frequency, then age).
+    pub fn coldest(&self, count: usize) -> Vec<(Key, u64)> {
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut ranked: Vec<(u64, u64, Key, u64)> = self
+            .cache
+            .iter()
+            .map(|(key, entry)| {
+                let reads = self
+                    .cache
+                    .item_stats(&key)
+                    .map(|stats| stats.access_count)
+                    .unwrap_or(0);
+                (reads, entry.cached_at_ms(), key, entry.version())
+            })
+            .collect();
+        let count = count.min(ranked.len());
+        if count < ranked.len() {
+            ranked.select_nth_unstable_by(count, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            ranked.truncate(count);
+        }
+        ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        ranked
+            .into_iter()
+            .map(|(_, _, key, version)| (key, version))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Sizes of the indexes: (tags with members, dependency records).
+    #[cfg(test)]
+    pub fn index_sizes(&self) -> (usize, usize) {
+        (
+            self.shared.tags.len(),
+            self.shared.dependents.record_count(),
+        )
+    }
+}
+
+impl Shared {
+    /// Accounts for an entry that left the cache: bytes, index records, the eviction counter.
+    fn forget(&self, key: &Key, entry: &Entry, reason: EvictionReason) {
+        self.bytes.fetch_sub(entry.size() as i64, Ordering::Relaxed);
+        for tag in entry.tags() {
+            self.tags.remove(tag, key, entry.version());
+        }
+        for dependency in entry.depends_on() {
+            self.dependents.remove(dependency, key, entry.version());
+        }
+        self.metrics.record_eviction(reason);
+    }
+}
+
+/// Weighs an entry `max(size, unit)`: see the module docs for why one weight bounds both
+/// the entry count and the bytes.
+#[derive(Clone, Copy)]
+struct EntryWeighter {
+    unit: u64,
+}
+
+impl EntryWeighter {
+    fn weight_of(&self, size: usize) -> u64 {
+        (size as u64).max(self.unit)
+    }
+}
+
+impl Weighter<Key, Arc<Entry>> for EntryWeighter {
+    #[inline]
+    fn weight(&self, _key: &Key, entry: &Arc<Entry>) -> u64 {
+        self.weight_of(entry.size())
+    }
+}
+
+/// quick_cache's eviction hook. It runs under a quick_cache shard lock: it touches only the
+/// dashmap indexes and atomics, and stashes the evicted value so it is freed after the lock.
+#[derive(Clone)]
+struct Hooks {
+    shared: Arc<Shared>,
+}
+
+impl Lifecycle<Key, Arc<Entry>> for Hooks {
+    type RequestState = Vec<Arc<Entry>>;
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: Key, entry: Arc<Entry>) {
+        self.shared.forget(&key, &entry, EvictionReason::Capacity);
+        state.push(entry);
+    }
+}
+
+/// Shards: a power of two, at most 4 per core, and few enough that each shard holds at least
+/// 64 entries, so that small caches keep an exact, policy-wide eviction order.
+fn shard_count(max_entries: u64) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let by_cores = (cores * 4).next_power_of_two();
+    let by_size = (max_entries / 64).max(1);
+    let by_size = if by_size.is_power_of_two() {
+        by_size
+    } else {
+        by_size.next_power_of_two() / 2
+    };
+    by_cores.min(by_size as usize).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn l1(max_entries: usize, max_bytes: u64) -> L1 {
+        L1::new(
+            &L1Config {
+                max_entries: NonZeroUsize::new(max_entries).unwrap(),
+                max_bytes,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn key(raw: &str) -> Key {
+        Key::parse(raw, 512).unwrap()
+    }
+
+    fn entry(
+        key: &Key,
+        value_len: usize,
+        version: u64,
+        tags: &[&str],
+        deps: &[&str],
+    ) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            key,
+            Bytes::from(vec![b'1'; value_len]),
+            0,
+            Duration::from_secs(60),
+            tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect(),
+            deps.iter()
+                .map(|dep| Key::parse(dep, 512).unwrap())
+                .collect(),
+            version,
+        ))
+    }
+
+    #[test]
+    fn entry_count_stays_within_max_entries() {
+        let cache = l1(100, 1 << 30);
+        for idx in 0..300 {
+            let k = key(&format!("k{idx}"));
+            cache.insert(&k, entry(&k, 10, idx, &[], &[]));
+            assert!(cache.len() <= 100);
+        }
+        assert!(cache.len() >= 90, "the cache fills up: {}", cache.len());
+    }
+
+    #[test]
+    fn bytes_stay_within_max_bytes_and_are_counted_exactly() {
+        let cache = l1(10_000, 64 * 1024);
+        let mut version = 0;
+        for idx in 0..100 {
+            let k = key(&format!("k{idx}"));
+            version += 1;
+            cache.insert(&k, entry(&k, 4000, version, &["t"], &["dep"]));
+            assert!(cache.bytes() <= 64 * 1024, "{}", cache.bytes());
+        }
+        let resident: u64 = cache
+            .cache
+            .iter()
+            .map(|(_, entry)| entry.size() as u64)
+            .sum();
+        assert_eq!(cache.bytes(), resident);
+        // Every index record belongs to a resident entry.
+        assert_eq!(cache.tagged("t").len(), cache.len());
+        assert_eq!(cache.dependents("dep").len(), cache.len());
+    }
+
+    #[test]
+    fn replace_updates_indexes_and_bytes() {
+        let cache = l1(100, 1 << 20);
+        let k = key("k");
+        cache.insert(&k, entry(&k, 10, 1, &["old"], &["a"]));
+        let replaced = cache.insert(&k, entry(&k, 20, 2, &["new"], &["b"]));
+        assert_eq!(replaced.map(|old| old.version()), Some(1));
+        assert!(cache.tagged("old").is_empty());
+        assert!(cache.dependents("a").is_empty());
+        assert_eq!(cache.tagged("new"), vec![(k.clone(), 2)]);
+        assert_eq!(cache.dependents("b"), vec![(k.clone(), 2)]);
+        assert_eq!(cache.bytes(), cache.peek("k").unwrap().size() as u64);
+        cache.remove("k", EvictionReason::Invalidated);
+        assert_eq!(cache.bytes(), 0);
+        assert_eq!(cache.index_sizes(), (0, 0));
+    }
+
+    #[test]
+    fn conditional_remove_spares_a_newer_version() {
+        let cache = l1(100, 1 << 20);
+        let k = key("k");
+        cache.insert(&k, entry(&k, 10, 1, &["t"], &[]));
+        cache.insert(&k, entry(&k, 10, 2, &["t"], &[]));
+        assert!(cache
+            .remove_version("k", 1, EvictionReason::Expired)
+            .is_none());
+        assert_eq!(cache.tagged("t"), vec![(k.clone(), 2)]);
+        assert!(cache
+            .remove_version("k", 2, EvictionReason::Expired)
+            .is_some());
+        assert!(cache.tagged("t").is_empty());
+    }
+
+    #[test]
+    fn capacity_evictions_clean_the_indexes() {
+        let cache = l1(64, 1 << 30);
+        for idx in 0..640u64 {
+            let k = key(&format!("k{idx}"));
+            cache.insert(&k, entry(&k, 10, idx + 1, &["all"], &["root"]));
+        }
+        assert_eq!(cache.tagged("all").len(), cache.len());
+        assert_eq!(cache.dependents("root").len(), cache.len());
+        assert!(cache.shared.metrics.evictions(EvictionReason::Capacity) >= 576);
+    }
+
+    #[test]
+    fn policy_keeps_frequently_read_entries_through_a_scan() {
+        // One shard (64 entries), so the order is policy-wide.
+        let cache = l1(64, 1 << 30);
+        let mut version = 0;
+        let mut put = |name: String| {
+            version += 1;
+            let k = key(&name);
+            cache.insert(&k, entry(&k, 10, version, &[], &[]));
+        };
+        for idx in 0..32 {
+            put(format!("hot{idx}"));
+        }
+        for _ in 0..3 {
+            for idx in 0..32 {
+                assert!(cache.get(&format!("hot{idx}")).is_some());
+            }
+        }
+        // A scan of one-hit wonders, four times the capacity.
+        for idx in 0..256 {
+            put(format!("scan{idx}"));
+        }
+        let hot_left = (0..32)
+            .filter(|idx| cache.peek(&format!("hot{idx}")).is_some())
+            .count();
+        assert!(
+            hot_left >= 30,
+            "a scan must not flush the frequently read entries: {hot_left} of 32 left"
+        );
+        let scan_left = (0..256)
+            .filter(|idx| cache.peek(&format!("scan{idx}")).is_some())
+            .count();
+        assert!(scan_left <= 34, "{scan_left}");
+    }
+
+    #[test]
+    fn coldest_ranks_unread_and_oldest_first() {
+        let cache = l1(100, 1 << 20);
+        for (version, name) in ["a", "b", "c"].iter().enumerate() {
+            let k = key(name);
+            cache.insert(&k, entry(&k, 10, version as u64 + 1, &[], &[]));
+        }
+        cache.get("a");
+        cache.get("a");
+        cache.get("c");
+        let names: Vec<String> = cache
+            .coldest(2)
+            .into_iter()
+            .map(|(key, _)| key.as_str().to_string())
+            .collect();
+        assert_eq!(names, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn sweep_removes_only_expired_entries() {
+        let cache = l1(100, 1 << 20);
+        let fresh = key("fresh");
+        cache.insert(&fresh, entry(&fresh, 10, 1, &["t"], &[]));
+        let short = key("short");
+        let short_entry = Arc::new(Entry::new(
+            &short,
+            Bytes::from_static(b"1"),
+            0,
+            Duration::from_secs(1),
+            Box::new([Tag::parse("t").unwrap()]),
+            Box::new([]),
+            2,
+        ));
+        cache.insert(&short, short_entry);
+        assert_eq!(cache.remove_expired(1_000), 1);
+        assert!(cache.peek("short").is_none());
+        assert!(cache.peek("fresh").is_some());
+        assert_eq!(cache.tagged("t"), vec![(fresh, 1)]);
+    }
+
+    #[test]
+    fn shard_count_is_a_bounded_power_of_two() {
+        assert_eq!(shard_count(1), 1);
+        assert_eq!(shard_count(100), 1);
+        assert_eq!(shard_count(128), 2);
+        assert!(shard_count(10_000).is_power_of_two());
+        assert!(
+            shard_count(10_000_000)
+                <= 4 * std::thread::available_parallelism()
+                    .unwrap()
+                    .get()
+                    .next_power_of_two()
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! The thin axum layer: routing, the request guard, and JSON shapes at the edge.
+//! Handlers parse and check input, make one or two engine calls, and shape the response.
+
+mod error;
+mod extract;
+mod middleware;
+mod render;
+mod routes;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, delete, get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::config::{ServerConfig, Settings};
+use crate::engine::{Clock, Engine};
+use crate::metrics::Metrics;
+
+/// What every handler can reach. Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Shared>);
+
+pub(crate) struct Shared {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub instance_id: String,
+    pub started: Instant,
+    /// Set once the start-up load of SPEC §7 is done; `/ready` answers 503 before.
+    pub ready: Arc<AtomicBool>,
+    pub metrics_enabled: bool,
+    pub server: ServerConfig,
+    /// In-flight request permits (`server.max_concurrency`); a request that finds none is shed.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+/// Every route of SPEC §3. The fixed routes are literal paths, so they win over a key of the
+/// same name for every method (`GET /api/cache/invalidate` is 405, not a key lookup).
+pub(crate) fn router(state: AppState) -> Router {
+    let max_body_bytes = state.server.max_body_bytes;
+    Router::new()
+        .route("/api/cache", delete(routes::bulk::clear))
+        .route("/api/cache/", any(routes::entries::empty_key))
+        .route("/api/cache/invalidate", post(routes::bulk::invalidate))
+        .route("/api/cache/batch/get", post(routes::bulk::batch_get))
+        .route("/api/cache/batch/set", post(routes::bulk::batch_set))
+        .route("/api/cache/evict", post(routes::bulk::evict))
+        .route(
+            "/api/cache/prefetch",
+            post(routes::unbuilt::prefetch_queue).get(routes::unbuilt::prefetch_list),
+        )
+        .route(
+            "/api/cache/warm",
+            post(routes::unbuilt::warm_start).get(routes::unbuilt::warm_status),
+        )
+        .route("/api/cache/snapshot", post(routes::unbuilt::snapshot))
+        .route("/api/cache/metrics", get(routes::ops::metrics_json))
+        .route(
+            "/api/cache/{*key}",
+            get(routes::entries::get)
+                .put(routes::entries::put)
+                .delete(routes::entries::delete),
+        )
+        .route("/metrics", get(routes::ops::prometheus))
+        .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::guard,
+        ))
+        .with_state(state)
+}
+
+/// A router over a fresh engine built from `settings`, for tests that call it with
+/// `tower::ServiceExt::oneshot` instead of a listening server.
+pub fn router_for_tests(settings: &Settings) -> Router {
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(Engine::new(
+        settings.engine_config(),
+        metrics.clone(),
+        Clock::new(),
+    ));
+    let server = settings.server_config();
+    router(AppState::new(Shared {
+        engine,
+        metrics,
+        instance_id: "test".into(),
+        started: Instant::now(),
+        ready: Arc::new(AtomicBool::new(true)),
+        metrics_enabled: settings.metrics.enabled,
+        in_flight: Arc::new(Semaphore::new(server.max_concurrency)),
+        server,
+    }))
+}

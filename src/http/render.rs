@@ -1,0 +1,149 @@
+//! Response bodies that embed stored values. The value bytes are copied in as they are:
+//! a hit never parses or re-serializes a value.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+
+use crate::engine::clock::rfc3339;
+use crate::engine::{Hit, Key};
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub const X_CACHE_SOURCE: HeaderName = HeaderName::from_static("x-cache-source");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// `200` with the entry of SPEC §3, or `304` when `If-None-Match` names its ETag.
+pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Response {
+    let entry = &hit.entry;
+    let ttl_remaining = entry.ttl_remaining_secs(now_ms);
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    headers.insert(
+        X_CACHE_SOURCE,
+        HeaderValue::from_static(hit.source.as_str()),
+    );
+    if let Ok(etag) = HeaderValue::from_str(entry.etag()) {
+        headers.insert(header::ETAG, etag);
+    }
+    headers.insert(header::CACHE_CONTROL, max_age(ttl_remaining));
+
+    if let Some(condition) = request_headers.get(header::IF_NONE_MATCH) {
+        if etag_matches(condition.as_bytes(), entry.etag()) {
+            return with_headers(StatusCode::NOT_MODIFIED, headers, Body::empty());
+        }
+    }
+
+    let mut body = Vec::with_capacity(entry.value().len() + key.len() + 160);
+    body.extend_from_slice(b"{\"key\":");
+    push_json_str(&mut body, key.as_str());
+    body.extend_from_slice(b",\"value\":");
+    body.extend_from_slice(entry.value());
+    body.extend_from_slice(b",\"hit\":true,\"source\":\"");
+    body.extend_from_slice(hit.source.as_str().as_bytes());
+    body.extend_from_slice(b"\",\"cached_at\":\"");
+    body.extend_from_slice(rfc3339(entry.cached_at_ms()).as_bytes());
+    body.extend_from_slice(b"\",\"expires_at\":\"");
+    body.extend_from_slice(rfc3339(entry.expires_at_ms()).as_bytes());
+    body.extend_from_slice(b"\",\"ttl_remaining\":");
+    body.extend_from_slice(ttl_remaining.to_string().as_bytes());
+    body.extend_from_slice(b",\"tags\":[");
+    for (idx, tag) in entry.tags().iter().enumerate() {
+        if idx > 0 {
+            body.push(b',');
+        }
+        push_json_str(&mut body, tag.as_str());
+    }
+    body.extend_from_slice(b"]}");
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    with_headers(StatusCode::OK, headers, Body::from(body))
+}
+
+/// `404 {"key","hit":false}` with `X-Cache: MISS`.
+pub fn miss(key: &Key) -> Response {
+    let mut body = Vec::with_capacity(key.len() + 24);
+    body.extend_from_slice(b"{\"key\":");
+    push_json_str(&mut body, key.as_str());
+    body.extend_from_slice(b",\"hit\":false}");
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(X_CACHE, HeaderValue::from_static("MISS"));
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    with_headers(StatusCode::NOT_FOUND, headers, Body::from(body))
+}
+
+/// The `entries` object of a batch read: `{key:{value,source,expires_at}}`, plus `missing`.
+pub fn batch_entries(found: &[(Key, Hit)], missing: &[Key]) -> Response {
+    let value_bytes: usize = found
+        .iter()
+        .map(|(key, hit)| key.len() + hit.entry.value().len() + 80)
+        .sum();
+    let mut body = Vec::with_capacity(value_bytes + missing.len() * 16 + 32);
+    body.extend_from_slice(b"{\"entries\":{");
+    for (idx, (key, hit)) in found.iter().enumerate() {
+        if idx > 0 {
+            body.push(b',');
+        }
+        push_json_str(&mut body, key.as_str());
+        body.extend_from_slice(b":{\"value\":");
+        body.extend_from_slice(hit.entry.value());
+        body.extend_from_slice(b",\"source\":\"");
+        body.extend_from_slice(hit.source.as_str().as_bytes());
+        body.extend_from_slice(b"\",\"expires_at\":\"");
+        body.extend_from_slice(rfc3339(hit.entry.expires_at_ms()).as_bytes());
+        body.extend_from_slice(b"\"}");
+    }
+    body.extend_from_slice(b"},\"missing\":[");
+    for (idx, key) in missing.iter().enumerate() {
+        if idx > 0 {
+            body.push(b',');
+        }
+        push_json_str(&mut body, key.as_str());
+    }
+    body.extend_from_slice(b"]}");
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    with_headers(StatusCode::OK, headers, Body::from(body))
+}
+
+fn push_json_str(body: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *body, text).expect("writing a string to a Vec cannot fail");
+}
+
+fn max_age(secs: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("max-age={secs}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+}
+
+fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored,
+/// `*` matches any current entry.
+fn etag_matches(condition: &[u8], etag: &str) -> bool {
+    let Ok(condition) = std::str::from_utf8(condition) else {
+        return false;
+    };
+    condition
+        .split(',')
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_matches;
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let etag = "\"abc\"";
+        assert!(etag_matches(b"\"abc\"", etag));
+        assert!(etag_matches(b"W/\"abc\"", etag));
+        assert!(etag_matches(b"\"x\", \"abc\"", etag));
+        assert!(etag_matches(b"*", etag));
+        assert!(!etag_matches(b"\"abd\"", etag));
+        assert!(!etag_matches(b"abc", etag));
+    }
+}

@@ -1,0 +1,174 @@
+//! Routes over many keys: invalidate, batch get/set, evict, clear.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::present_raw;
+use crate::engine::{Invalidation, Key, ValidWrite, WriteRequest};
+use crate::http::error::ApiError;
+use crate::http::extract::JsonBody;
+use crate::http::render;
+use crate::http::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateBody {
+    keys: Option<Vec<String>>,
+    pattern: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+pub async fn invalidate(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<InvalidateBody>,
+) -> Result<Response, ApiError> {
+    if body.keys.is_none() && body.pattern.is_none() && body.tags.is_none() {
+        return Err(ApiError::bad_request(
+            "empty_invalidation",
+            "give at least one of keys, pattern or tags",
+        ));
+    }
+    let keys = parse_keys(&state, body.keys.unwrap_or_default())?;
+    let invalidation = Invalidation {
+        keys,
+        pattern: body.pattern,
+        tags: body.tags.unwrap_or_default(),
+    };
+    let invalidated = state.engine.invalidate(&invalidation);
+    Ok(Json(json!({ "success": true, "invalidated": invalidated })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchGetBody {
+    keys: Vec<String>,
+}
+
+pub async fn batch_get(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<BatchGetBody>,
+) -> Result<Response, ApiError> {
+    let keys = parse_keys(&state, body.keys)?;
+    let mut seen = HashSet::with_capacity(keys.len());
+    let mut found = Vec::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for key in keys {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        match state.engine.get(key.as_str()) {
+            Some(hit) => found.push((key, hit)),
+            None => missing.push(key),
+        }
+    }
+    Ok(render::batch_entries(&found, &missing))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSetBody {
+    entries: Vec<BatchEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEntry {
+    key: String,
+    #[serde(default, deserialize_with = "present_raw")]
+    value: Option<Box<RawValue>>,
+    ttl: Option<u64>,
+    tags: Option<Vec<String>>,
+    depends_on: Option<Vec<String>>,
+}
+
+/// Checks every entry first, so that a bad one fails the batch before anything is written.
+pub async fn batch_set(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<BatchSetBody>,
+) -> Result<Response, ApiError> {
+    let mut writes: Vec<ValidWrite> = Vec::with_capacity(body.entries.len());
+    for (idx, entry) in body.entries.into_iter().enumerate() {
+        let at = |err: ApiError| prefix_error(err, idx);
+        let key = state
+            .engine
+            .parse_key(&entry.key)
+            .map_err(|err| at(err.into()))?;
+        let value = entry.value.ok_or_else(|| {
+            at(ApiError::bad_request(
+                "missing_value",
+                "the entry must have a value field",
+            ))
+        })?;
+        let write = state
+            .engine
+            .validate(WriteRequest {
+                key,
+                value: Bytes::copy_from_slice(value.get().as_bytes()),
+                ttl_secs: entry.ttl,
+                tags: entry.tags.unwrap_or_default(),
+                depends_on: entry.depends_on.unwrap_or_default(),
+            })
+            .map_err(|err| at(err.into()))?;
+        writes.push(write);
+    }
+    let stored = writes.len();
+    for write in writes {
+        state.engine.set(write);
+    }
+    Ok(Json(json!({ "success": true, "stored": stored })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvictBody {
+    count: usize,
+    predictions: Option<HashMap<String, f64>>,
+}
+
+pub async fn evict(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<EvictBody>,
+) -> Result<Response, ApiError> {
+    let predictions = match body.predictions {
+        None => None,
+        Some(raw) => {
+            let mut predictions = HashMap::with_capacity(raw.len());
+            for (key, probability) in raw {
+                if !(0.0..=1.0).contains(&probability) {
+                    return Err(ApiError::bad_request(
+                        "invalid_prediction",
+                        format!("prediction for {key:?} must be in 0..=1"),
+                    ));
+                }
+                predictions.insert(state.engine.parse_key(&key)?, probability);
+            }
+            Some(predictions)
+        }
+    };
+    let keys = state.engine.evict(body.count, predictions.as_ref());
+    let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
+    Ok(Json(json!({ "evicted": keys.len(), "keys": keys })).into_response())
+}
+
+pub async fn clear(State(state): State<AppState>) -> Response {
+    let cleared = state.engine.clear();
+    Json(json!({ "cleared": cleared })).into_response()
+}
+
+fn parse_keys(state: &AppState, raw: Vec<String>) -> Result<Vec<Key>, ApiError> {
+    raw.iter()
+        .map(|key| state.engine.parse_key(key).map_err(ApiError::from))
+        .collect()
+}
+
+/// Says which batch entry an error is about.
+fn prefix_error(err: ApiError, idx: usize) -> ApiError {
+    err.with_context(&format!("entries[{idx}]"))
+}

@@ -1,0 +1,95 @@
+//! Operations routes: health, readiness, metrics (JSON and Prometheus), and the JSON answers
+//! for unknown routes and methods.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::AppState;
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "l2": "disabled",
+        "instance_id": state.instance_id,
+        "uptime_secs": state.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.ready.load(Ordering::Acquire) {
+        Ok(Json(json!({ "ready": true })).into_response())
+    } else {
+        Err(ApiError::not_ready())
+    }
+}
+
+/// The JSON metrics of SPEC §8. Fields of tiers and features this build does not have are
+/// present with their idle values, so clients can rely on the shape.
+pub async fn metrics_json(State(state): State<AppState>) -> Response {
+    let stats = state.engine.stats();
+    let lookups = stats.hits + stats.misses;
+    let hit_rate = if lookups == 0 {
+        0.0
+    } else {
+        stats.hits as f64 / lookups as f64
+    };
+    Json(json!({
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "hit_rate": hit_rate,
+        "sets": stats.sets,
+        "deletes": stats.deletes,
+        "evictions": stats.evictions,
+        "expirations": stats.expirations,
+        "l1_size": stats.l1_size,
+        "l1_bytes": stats.l1_bytes,
+        "l2_hits": stats.l2_hits,
+        "l2_misses": 0,
+        "l2_errors": 0,
+        "l2_status": "disabled",
+        "origin_fetches": 0,
+        "origin_errors": 0,
+        "coalesced": 0,
+        "stale_served": 0,
+        "invalidations_published": 0,
+        "invalidations_received": 0,
+        "invalidations_malformed": 0,
+        "prefetch_requests": 0,
+        "prefetch_hits": 0,
+        "prefetch_queue_size": 0,
+        "compression_ratio": 1.0,
+        "snapshot_last_success": null,
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "instance_id": state.instance_id,
+    }))
+    .into_response()
+}
+
+/// Prometheus text exposition; 404 when `metrics.enabled` is false.
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    if !state.metrics_enabled {
+        return ApiError::not_found().into_response();
+    }
+    state.engine.refresh_gauges();
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

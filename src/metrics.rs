@@ -1,0 +1,166 @@
+//! The Prometheus registry and every metric name, in one place.
+//!
+//! Each `App` owns its own `Metrics` (no global registry), so tests can run several instances
+//! in one process. Labels come from small fixed sets: a route template, never a key or a tag.
+//! Label values known in advance are resolved once here, so hot paths only increment atomics.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why an entry left L1, the `reason` label of `tiercache_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionReason {
+    /// The policy made room for another entry.
+    Capacity,
+    /// Its TTL ended (found on read or by the sweep).
+    Expired,
+    /// A delete, an invalidation, a cascade or a clear removed it.
+    Invalidated,
+    /// `POST /api/cache/evict` chose it.
+    Manual,
+    /// A newer write of the same key replaced it; not counted as an eviction.
+    Replaced,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) http_requests: IntCounterVec,
+    pub(crate) http_duration: HistogramVec,
+    pub(crate) hits_l1: IntCounter,
+    pub(crate) hits_l2: IntCounter,
+    pub(crate) misses: IntCounter,
+    pub(crate) sets: IntCounter,
+    pub(crate) deletes: IntCounter,
+    evicted_capacity: IntCounter,
+    evicted_expired: IntCounter,
+    evicted_invalidated: IntCounter,
+    evicted_manual: IntCounter,
+    pub(crate) entries: IntGauge,
+    pub(crate) bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "tiercache_http_requests_total",
+                "HTTP requests answered, by route template, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tiercache_http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let hits = IntCounterVec::new(
+            Opts::new("tiercache_hits_total", "Cache hits, by tier"),
+            &["tier"],
+        )
+        .expect("valid metric");
+        let misses = IntCounter::new("tiercache_misses_total", "Lookups no tier could answer")
+            .expect("valid metric");
+        let sets =
+            IntCounter::new("tiercache_sets_total", "Entries written").expect("valid metric");
+        let deletes = IntCounter::new(
+            "tiercache_deletes_total",
+            "Keys removed by DELETE /api/cache/{key}",
+        )
+        .expect("valid metric");
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "tiercache_evictions_total",
+                "Entries that left L1, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let entries = IntGauge::new("tiercache_entries", "Entries in L1").expect("valid metric");
+        let bytes = IntGauge::new(
+            "tiercache_bytes",
+            "Bytes held by L1 entries (key + value + metadata)",
+        )
+        .expect("valid metric");
+
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(hits.clone()),
+            Box::new(misses.clone()),
+            Box::new(sets.clone()),
+            Box::new(deletes.clone()),
+            Box::new(evictions.clone()),
+            Box::new(entries.clone()),
+            Box::new(bytes.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+
+        Self {
+            hits_l1: hits.with_label_values(&["l1"]),
+            hits_l2: hits.with_label_values(&["l2"]),
+            evicted_capacity: evictions.with_label_values(&["capacity"]),
+            evicted_expired: evictions.with_label_values(&["expired"]),
+            evicted_invalidated: evictions.with_label_values(&["invalidated"]),
+            evicted_manual: evictions.with_label_values(&["manual"]),
+            registry,
+            http_requests,
+            http_duration,
+            misses,
+            sets,
+            deletes,
+            entries,
+            bytes,
+        }
+    }
+
+    /// Counts one entry leaving L1.
+    #[inline]
+    pub fn record_eviction(&self, reason: EvictionReason) {
+        match reason {
+            EvictionReason::Capacity => self.evicted_capacity.inc(),
+            EvictionReason::Expired => self.evicted_expired.inc(),
+            EvictionReason::Invalidated => self.evicted_invalidated.inc(),
+            EvictionReason::Manual => self.evicted_manual.inc(),
+            EvictionReason::Replaced => {}
+        }
+    }
+
+    pub fn evictions(&self, reason: EvictionReason) -> u64 {
+        match reason {
+            EvictionReason::Capacity => self.evicted_capacity.get(),
+            EvictionReason::Expired => self.evicted_expired.get(),
+            EvictionReason::Invalidated => self.evicted_invalidated.get(),
+            EvictionReason::Manual => self.evicted_manual.get(),
+            EvictionReason::Replaced => 0,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,33 @@
+//! Refreshes the gauges and logs one info line of counters every `metrics.interval_secs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+
+pub(crate) async fn run(engine: Arc<Engine>, interval: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                engine.refresh_gauges();
+                let stats = engine.stats();
+                tracing::info!(
+                    hits = stats.hits,
+                    misses = stats.misses,
+                    sets = stats.sets,
+                    evictions = stats.evictions,
+                    expirations = stats.expirations,
+                    l1_size = stats.l1_size,
+                    l1_bytes = stats.l1_bytes,
+                    "cache counters"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The integration test binary: real servers on loopback ports, real HTTP, real files.
+mod harness;
