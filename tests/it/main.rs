@@ -1,2 +1,12 @@
 //! The integration test binary: real servers on loopback ports, real HTTP, real files.
+//! One file per feature; `harness` is the only place that knows how to start things.
+
+mod batch;
+mod bounds;
+mod entries;
+mod errors;
+mod fuzz;
 mod harness;
+mod invalidation;
+mod ops;
+mod process;

@@ -238,10 +238,10 @@ impl L1 {
             .collect();
         let count = count.min(ranked.len());
         if count < ranked.len() {
-            ranked.select_nth_unstable_by(count, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            ranked.select_nth_unstable_by_key(count, |a| (a.0, a.1));
             ranked.truncate(count);
         }
-        ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        ranked.sort_by_key(|a| (a.0, a.1));
         ranked
             .into_iter()
             .map(|(_, _, key, version)| (key, version))

@@ -1,1 +1,412 @@
 //! The shared harness: the only place that knows how to start what the tests talk to.
+//! Every wait has a deadline, and everything a test starts is stopped when it is dropped.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tiercache::{App, Settings};
+
+/// How long `eventually` and process waits poll before failing.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// An in-process tiercache on a free loopback port.
+pub struct TestApp {
+    app: Option<App>,
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl TestApp {
+    /// Starts an instance with test defaults, adjusted by `configure`.
+    pub async fn spawn(configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = Settings::default();
+        settings.server.listen = "127.0.0.1:0".into();
+        configure(&mut settings);
+        // Port 0 (any free port) is for tests only; the config rules ask for 1..=65535.
+        let mut checked = settings.clone();
+        checked.server.listen = "127.0.0.1:1".into();
+        checked.validate().expect("test settings are valid");
+        let app = App::start(settings).await.expect("the app starts");
+        let base = format!("http://{}", app.local_addr());
+        TestApp {
+            app: Some(app),
+            base,
+            client: client(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.app.as_ref().expect("running").local_addr()
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn get_with(&self, path: &str, header: &str, value: &str) -> TestResponse {
+        self.send(self.client.get(self.url(path)).header(header, value))
+            .await
+    }
+
+    pub async fn put(&self, key: &str, body: Value) -> TestResponse {
+        self.send(
+            self.client
+                .put(self.url(&format!("/api/cache/{key}")))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
+        self.send(self.client.post(self.url(path)).json(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> TestResponse {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// A request with any method, raw body bytes and an optional content type.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> TestResponse {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut request = self.client.request(method, self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        self.send(request).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> TestResponse {
+        TestResponse::from(
+            request
+                .send()
+                .await
+                .expect("request reaches the test server"),
+        )
+        .await
+    }
+
+    /// Stops the instance the way a signal would.
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // An App dropped without shutdown: its server task dies with the test's runtime.
+        self.app.take();
+    }
+}
+
+/// A response read whole, with helpers that fail with what was seen.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub async fn from(response: reqwest::Response) -> TestResponse {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("body is readable").to_vec();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("ASCII header").to_string())
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            self.text()
+        );
+        self
+    }
+
+    /// Asserts the error shape of SPEC §3 with this status and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        self.assert_status(status);
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "body: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "body: {body}"
+        );
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "body: {body}");
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(DEADLINE)
+        .build()
+        .expect("a reqwest client")
+}
+
+/// Polls `check` until it returns true; fails after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < DEADLINE {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not true within {DEADLINE:?}: {what}");
+}
+
+/// A free loopback port: bound, read and released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// The real `tiercache` binary as a child process, killed on drop.
+pub struct ServiceProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Starts the binary with `env` on a free port and waits for `/health`.
+    pub async fn start(env: &[(&str, &str)]) -> ServiceProcess {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tiercache"));
+        command
+            .env_clear()
+            .env("TIERCACHE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("the binary starts");
+        let process = ServiceProcess {
+            child: Some(child),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let health = format!("{}/health", process.base);
+        let client = client();
+        eventually("the service answers /health", || {
+            let request = client.get(&health).send();
+            async move { request.await.is_ok_and(|response| response.status() == 200) }
+        })
+        .await;
+        process
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the process did not exit within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion with `args` and `env` (for start-up failures); bounded.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tiercache"));
+    command
+        .env_clear()
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary did not exit within {DEADLINE:?} for args {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    (status, stderr)
+}
+
+/// A hand-driven HTTP/1.1 connection, for requests that must stay in flight (a body sent in
+/// parts) while the test does something else.
+pub struct RawConnection {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawConnection {
+    pub async fn open(addr: SocketAddr) -> RawConnection {
+        let stream = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        RawConnection { stream }
+    }
+
+    /// Sends the head of a `PUT /api/cache/{key}` announcing `body_len` bytes, and `first` of them.
+    pub async fn start_put(&mut self, key: &str, body_len: usize, first: &[u8]) {
+        let head = format!(
+            "PUT /api/cache/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+        );
+        self.send(head.as_bytes()).await;
+        self.send(first).await;
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("write to the server");
+    }
+
+    /// Reads one response and returns its status and body (needs `Content-Length`).
+    pub async fn read_response(&mut self) -> (u16, String) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = Vec::new();
+        let read = async {
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = self
+                    .stream
+                    .read(&mut chunk)
+                    .await
+                    .expect("read from the server");
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                if let Some(head_end) = find(&buffer, b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map(|value| value.trim().parse::<usize>().expect("content-length"))
+                        .unwrap_or(0);
+                    if buffer.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("a response in time");
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}

@@ -1,0 +1,189 @@
+//! Health, readiness and metrics (JSON and Prometheus).
+
+use serde_json::json;
+
+use crate::harness::TestApp;
+
+const JSON_METRIC_FIELDS: [&str; 27] = [
+    "hits",
+    "misses",
+    "hit_rate",
+    "sets",
+    "deletes",
+    "evictions",
+    "expirations",
+    "l1_size",
+    "l1_bytes",
+    "l2_hits",
+    "l2_misses",
+    "l2_errors",
+    "l2_status",
+    "origin_fetches",
+    "origin_errors",
+    "coalesced",
+    "stale_served",
+    "invalidations_published",
+    "invalidations_received",
+    "prefetch_requests",
+    "invalidations_malformed",
+    "prefetch_hits",
+    "prefetch_queue_size",
+    "compression_ratio",
+    "snapshot_last_success",
+    "uptime_secs",
+    "instance_id",
+];
+
+#[tokio::test]
+async fn health_and_ready() {
+    let app = TestApp::spawn(|s| s.server.instance_id = "node-a".into()).await;
+    let health = app.get("/health").await;
+    health.assert_status(200);
+    let body = health.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["l2"], "disabled");
+    assert_eq!(body["instance_id"], "node-a");
+    assert!(body["uptime_secs"].is_u64());
+    app.get("/ready").await.assert_status(200);
+}
+
+#[tokio::test]
+async fn a_generated_instance_id_is_hostname_and_suffix() {
+    let app = TestApp::spawn(|_| {}).await;
+    let id = app.get("/health").await.json()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (host, suffix) = id.rsplit_once('-').unwrap();
+    assert!(!host.is_empty() && suffix.len() == 8, "{id}");
+    let other = TestApp::spawn(|_| {}).await;
+    assert_ne!(
+        other.get("/health").await.json()["instance_id"],
+        id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn json_metrics_have_every_field_and_count_correctly() {
+    let app = TestApp::spawn(|s| s.server.instance_id = "m".into()).await;
+    app.put("a", json!({"value": 1})).await.assert_status(200);
+    app.put("b", json!({"value": 2})).await.assert_status(200);
+    app.get("/api/cache/a").await.assert_status(200);
+    app.get("/api/cache/a").await.assert_status(200);
+    app.get("/api/cache/a").await.assert_status(200);
+    app.get("/api/cache/zzz").await.assert_status(404);
+    app.delete("/api/cache/b").await.assert_status(200);
+
+    let metrics = app.get("/api/cache/metrics").await.json();
+    let object = metrics.as_object().unwrap();
+    for field in JSON_METRIC_FIELDS {
+        assert!(object.contains_key(field), "missing {field}: {metrics}");
+    }
+    assert_eq!(object.len(), JSON_METRIC_FIELDS.len(), "{metrics}");
+    assert_eq!(metrics["hits"], 3);
+    assert_eq!(metrics["misses"], 1);
+    assert_eq!(metrics["hit_rate"], 0.75);
+    assert_eq!(metrics["sets"], 2);
+    assert_eq!(metrics["deletes"], 1);
+    assert_eq!(metrics["l1_size"], 1);
+    assert!(metrics["l1_bytes"].as_u64().unwrap() > 2);
+    assert_eq!(metrics["l2_status"], "disabled");
+    assert_eq!(metrics["compression_ratio"], 1.0);
+    assert_eq!(metrics["snapshot_last_success"], json!(null));
+    assert_eq!(metrics["instance_id"], "m");
+}
+
+#[tokio::test]
+async fn prometheus_families_use_route_templates_never_keys() {
+    let app = TestApp::spawn(|_| {}).await;
+    app.put(
+        "secret-key-name",
+        json!({"value": 1, "tags": ["secret-tag"]}),
+    )
+    .await
+    .assert_status(200);
+    app.get("/api/cache/secret-key-name")
+        .await
+        .assert_status(200);
+    app.get("/api/cache/missing-key").await.assert_status(404);
+    app.get("/unknown/route").await.assert_status(404);
+
+    let response = app.get("/metrics").await;
+    response.assert_status(200);
+    assert!(response
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = response.text();
+    assert!(
+        !text.contains("secret-key-name")
+            && !text.contains("secret-tag")
+            && !text.contains("missing-key")
+    );
+    assert!(!text.contains("/unknown/route"));
+    for expected in [
+        r#"tiercache_http_requests_total{method="PUT",route="/api/cache/{*key}",status="200"} 1"#,
+        r#"tiercache_http_requests_total{method="GET",route="/api/cache/{*key}",status="404"} 1"#,
+        r#"tiercache_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"tiercache_hits_total{tier="l1"} 1"#,
+        r#"tiercache_hits_total{tier="l2"} 0"#,
+        "tiercache_misses_total 1",
+        "tiercache_sets_total 1",
+        "tiercache_deletes_total 0",
+        "tiercache_entries 1",
+        r#"tiercache_evictions_total{reason="expired"} 0"#,
+        r#"tiercache_http_request_duration_seconds_count{method="GET",route="/api/cache/{*key}"} 2"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("tiercache_bytes ") && !line.ends_with(" 0")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_exposition_passes_promtool() {
+    let Ok(promtool) = which("promtool") else {
+        eprintln!(
+            "promtool is not installed; scripts/test.sh installs it (Debian package prometheus)"
+        );
+        return;
+    };
+    let app = TestApp::spawn(|_| {}).await;
+    app.put("k", json!({"value": 1})).await.assert_status(200);
+    app.get("/api/cache/k").await.assert_status(200);
+    app.get("/nope").await.assert_status(404);
+    let text = app.get("/metrics").await.text();
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_disabled_means_404() {
+    let app = TestApp::spawn(|s| s.metrics.enabled = false).await;
+    app.get("/metrics").await.assert_error(404, "not_found");
+    app.get("/api/cache/metrics").await.assert_status(200);
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}
