@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,12 @@ impl App {
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_accepting = CancellationToken::new();
         let router = http::router(state);
+        // Responses are small and written whole: Nagle's algorithm would only add latency.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(%err, "could not set TCP_NODELAY");
+            }
+        });
         let server = tokio::spawn({
             let stop_accepting = stop_accepting.clone();
             async move {
