@@ -396,6 +396,53 @@ impl Settings {
                 Ok(())
             }
         };
+        // Upper bounds keep every value representable where it is used (semaphore permits,
+        // timer deadlines, expiry in milliseconds), far above any sensible setting.
+        let at_most = |key: &str, value: u64, max: u64| {
+            if value > max {
+                Err(ConfigError::new(
+                    key,
+                    format!("must be at most {max}, got {value}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        const TEN_YEARS_SECS: u64 = 10 * 365 * 24 * 3600;
+        const ONE_DAY_MS: u64 = 24 * 3600 * 1000;
+        at_most(
+            "server.max_concurrency",
+            self.server.max_concurrency,
+            1 << 20,
+        )?;
+        at_most(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms,
+            ONE_DAY_MS,
+        )?;
+        at_most(
+            "server.shutdown_grace_ms",
+            self.server.shutdown_grace_ms,
+            ONE_DAY_MS,
+        )?;
+        at_most(
+            "cache.max_ttl_secs",
+            self.cache.max_ttl_secs,
+            TEN_YEARS_SECS,
+        )?;
+        at_most(
+            "l1.cleanup_interval_secs",
+            self.l1.cleanup_interval_secs,
+            TEN_YEARS_SECS,
+        )?;
+        at_most("l1.max_ttl_secs", self.l1.max_ttl_secs, TEN_YEARS_SECS)?;
+        at_most(
+            "metrics.interval_secs",
+            self.metrics.interval_secs,
+            TEN_YEARS_SECS,
+        )?;
+        at_most("l2.timeout_ms", self.l2.timeout_ms, ONE_DAY_MS)?;
+        at_most("origin.timeout_ms", self.origin.timeout_ms, ONE_DAY_MS)?;
         at_least("server.max_body_bytes", self.server.max_body_bytes, 1)?;
         at_least(
             "server.request_timeout_ms",
@@ -938,6 +985,17 @@ mod tests {
             "log.format"
         );
         assert_eq!(load_env(&[("PORT", "70000")]).unwrap_err().key, "PORT");
+        let huge = "18446744073709551615";
+        for (var, key) in [
+            (
+                "TIERCACHE__SERVER__MAX_CONCURRENCY",
+                "server.max_concurrency",
+            ),
+            ("CACHE_CLEANUP_INTERVAL", "l1.cleanup_interval_secs"),
+            ("TIERCACHE__CACHE__MAX_TTL_SECS", "cache.max_ttl_secs"),
+        ] {
+            assert_eq!(load_env(&[(var, huge)]).unwrap_err().key, key);
+        }
     }
 
     #[test]
