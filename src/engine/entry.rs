@@ -40,15 +40,7 @@ impl Entry {
         depends_on: Box<[Key]>,
         version: u64,
     ) -> Entry {
-        let names_bytes: usize = tags
-            .iter()
-            .map(|tag| tag.as_str().len() + PER_NAME_OVERHEAD_BYTES)
-            .sum::<usize>()
-            + depends_on
-                .iter()
-                .map(|dep| dep.len() + PER_NAME_OVERHEAD_BYTES)
-                .sum::<usize>();
-        let size = ENTRY_OVERHEAD_BYTES + key.len() + value.len() + names_bytes;
+        let size = Self::size_of(key, value.len(), &tags, &depends_on);
         Entry {
             etag: etag_of(&value),
             value,
