@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # redis-cli creates test clusters
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
 if [ ${#missing[@]} -gt 0 ]; then

@@ -51,29 +51,18 @@ impl App {
             settings.server.instance_id.clone()
         };
         let metrics = Arc::new(Metrics::new());
-        let engine = Arc::new(Engine::new(
-            settings.engine_config(),
-            metrics.clone(),
-            Clock::new(),
-        ));
-        tracing::info!(
-            max_entries = settings.l1.max_entries,
-            max_bytes = settings.l1.max_bytes,
-            "l1 open"
-        );
+        let engine =
+            Arc::new(Engine::new(settings.engine_config(), instance_id.clone(), metrics.clone(), Clock::new()));
+        tracing::info!(max_entries = settings.l1.max_entries, max_bytes = settings.l1.max_bytes, "l1 open");
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(tasks::sweeper::run(
-            engine.clone(),
-            settings.cleanup_interval(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(tasks::metrics_reporter::run(
-            engine.clone(),
-            settings.metrics_interval(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(tasks::sweeper::run(engine.clone(), settings.cleanup_interval(), shutdown.clone()));
+        tasks.spawn(tasks::metrics_reporter::run(engine.clone(), settings.metrics_interval(), shutdown.clone()));
+        if engine.has_l2() {
+            tasks.spawn(tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
+            tasks.spawn(tasks::subscriber::run(engine.clone(), shutdown.clone()));
+        }
 
         // No L2, warm source or snapshot yet: the start-up load is empty, so ready at once.
         let ready = Arc::new(AtomicBool::new(false));
@@ -90,9 +79,8 @@ impl App {
         });
 
         let listen = settings.listen_addr();
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding server.listen {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding server.listen {listen}"))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_accepting = CancellationToken::new();
         let router = http::router(state);
@@ -141,19 +129,13 @@ impl App {
             Ok(Ok(Err(err))) => tracing::warn!(%err, "server stopped with an error"),
             Ok(Err(err)) => tracing::warn!(%err, "server task failed"),
             Err(_) => {
-                tracing::warn!(
-                    grace_ms = self.shutdown_grace.as_millis() as u64,
-                    "drain exceeded the grace period"
-                );
+                tracing::warn!(grace_ms = self.shutdown_grace.as_millis() as u64, "drain exceeded the grace period");
                 server.abort();
             }
         }
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(TASK_STOP_TIMEOUT, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(TASK_STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop in time");
         }
         tracing::info!("shutdown complete");
@@ -169,11 +151,7 @@ fn generate_instance_id() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "tiercache".into());
     let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     format!("{host}-{:08x}", hasher.finish() as u32)
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::l2::{Compression, L2Config, Target};
+
 /// Every setting of SPEC §11. Field names are the config keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -92,12 +94,7 @@ pub struct L1Settings {
 
 impl Default for L1Settings {
     fn default() -> Self {
-        Self {
-            max_entries: 10_000,
-            max_bytes: 268_435_456,
-            cleanup_interval_secs: 60,
-            max_ttl_secs: 0,
-        }
+        Self { max_entries: 10_000, max_bytes: 268_435_456, cleanup_interval_secs: 60, max_ttl_secs: 0 }
     }
 }
 
@@ -136,10 +133,7 @@ pub struct InvalidationSettings {
 
 impl Default for InvalidationSettings {
     fn default() -> Self {
-        Self {
-            channel: "tiercache:invalidation".into(),
-            flush_l1_on_reconnect: true,
-        }
+        Self { channel: "tiercache:invalidation".into(), flush_l1_on_reconnect: true }
     }
 }
 
@@ -155,13 +149,7 @@ pub struct OriginSettings {
 
 impl Default for OriginSettings {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            timeout_ms: 2000,
-            default_ttl_secs: 300,
-            negative_ttl_secs: 0,
-            max_concurrency: 64,
-        }
+        Self { url: String::new(), timeout_ms: 2000, default_ttl_secs: 300, negative_ttl_secs: 0, max_concurrency: 64 }
     }
 }
 
@@ -175,11 +163,7 @@ pub struct CompressionSettings {
 
 impl Default for CompressionSettings {
     fn default() -> Self {
-        Self {
-            algorithm: "zstd".into(),
-            threshold_bytes: 1024,
-            level: 3,
-        }
+        Self { algorithm: "zstd".into(), threshold_bytes: 1024, level: 3 }
     }
 }
 
@@ -192,10 +176,7 @@ pub struct PersistenceSettings {
 
 impl Default for PersistenceSettings {
     fn default() -> Self {
-        Self {
-            path: String::new(),
-            interval_secs: 300,
-        }
+        Self { path: String::new(), interval_secs: 300 }
     }
 }
 
@@ -211,13 +192,7 @@ pub struct WarmSettings {
 
 impl Default for WarmSettings {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            keys: Vec::new(),
-            interval_secs: 0,
-            timeout_secs: 30,
-            parallelism: 8,
-        }
+        Self { url: String::new(), keys: Vec::new(), interval_secs: 0, timeout_secs: 30, parallelism: 8 }
     }
 }
 
@@ -230,10 +205,7 @@ pub struct PrefetchSettings {
 
 impl Default for PrefetchSettings {
     fn default() -> Self {
-        Self {
-            workers: 4,
-            max_queue: 10_000,
-        }
+        Self { workers: 4, max_queue: 10_000 }
     }
 }
 
@@ -254,11 +226,7 @@ pub struct MetricsSettings {
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            require_auth: false,
-            interval_secs: 10,
-        }
+        Self { enabled: true, require_auth: false, interval_secs: 10 }
     }
 }
 
@@ -271,10 +239,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        Self { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -305,10 +270,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self { key: key.into(), problem: problem.into() }
     }
 }
 
@@ -342,22 +304,18 @@ impl Settings {
         let default_file = Path::new("config/default.toml");
         let file = match file {
             Some(path) if !path.is_file() => {
-                return Err(ConfigError::new(
-                    "--config",
-                    format!("cannot read file {}", path.display()),
-                ));
+                return Err(ConfigError::new("--config", format!("cannot read file {}", path.display())));
             }
             Some(path) => Some(path),
             None if default_file.is_file() => Some(default_file),
             None => None,
         };
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|err| {
-                ConfigError::new("--config", format!("cannot read {}: {err}", path.display()))
-            })?;
-            let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
-                ConfigError::new(toml_error_key(&err), toml_error_message(&err))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| ConfigError::new("--config", format!("cannot read {}: {err}", path.display())))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|err: toml::de::Error| ConfigError::new(toml_error_key(&err), toml_error_message(&err)))?;
             check_known_keys(&toml::Value::Table(table), "", &known)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
@@ -375,23 +333,14 @@ impl Settings {
     /// The first [`ConfigError`] found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let listen: SocketAddr = self.server.listen.parse().map_err(|_| {
-            ConfigError::new(
-                "server.listen",
-                format!("not a socket address (ip:port): {:?}", self.server.listen),
-            )
+            ConfigError::new("server.listen", format!("not a socket address (ip:port): {:?}", self.server.listen))
         })?;
         if listen.port() == 0 {
-            return Err(ConfigError::new(
-                "server.listen",
-                "port must be in 1..=65535",
-            ));
+            return Err(ConfigError::new("server.listen", "port must be in 1..=65535"));
         }
         let at_least = |key: &str, value: u64, min: u64| {
             if value < min {
-                Err(ConfigError::new(
-                    key,
-                    format!("must be at least {min}, got {value}"),
-                ))
+                Err(ConfigError::new(key, format!("must be at least {min}, got {value}")))
             } else {
                 Ok(())
             }
@@ -400,55 +349,24 @@ impl Settings {
         // timer deadlines, expiry in milliseconds), far above any sensible setting.
         let at_most = |key: &str, value: u64, max: u64| {
             if value > max {
-                Err(ConfigError::new(
-                    key,
-                    format!("must be at most {max}, got {value}"),
-                ))
+                Err(ConfigError::new(key, format!("must be at most {max}, got {value}")))
             } else {
                 Ok(())
             }
         };
         const TEN_YEARS_SECS: u64 = 10 * 365 * 24 * 3600;
         const ONE_DAY_MS: u64 = 24 * 3600 * 1000;
-        at_most(
-            "server.max_concurrency",
-            self.server.max_concurrency,
-            1 << 20,
-        )?;
-        at_most(
-            "server.request_timeout_ms",
-            self.server.request_timeout_ms,
-            ONE_DAY_MS,
-        )?;
-        at_most(
-            "server.shutdown_grace_ms",
-            self.server.shutdown_grace_ms,
-            ONE_DAY_MS,
-        )?;
-        at_most(
-            "cache.max_ttl_secs",
-            self.cache.max_ttl_secs,
-            TEN_YEARS_SECS,
-        )?;
-        at_most(
-            "l1.cleanup_interval_secs",
-            self.l1.cleanup_interval_secs,
-            TEN_YEARS_SECS,
-        )?;
+        at_most("server.max_concurrency", self.server.max_concurrency, 1 << 20)?;
+        at_most("server.request_timeout_ms", self.server.request_timeout_ms, ONE_DAY_MS)?;
+        at_most("server.shutdown_grace_ms", self.server.shutdown_grace_ms, ONE_DAY_MS)?;
+        at_most("cache.max_ttl_secs", self.cache.max_ttl_secs, TEN_YEARS_SECS)?;
+        at_most("l1.cleanup_interval_secs", self.l1.cleanup_interval_secs, TEN_YEARS_SECS)?;
         at_most("l1.max_ttl_secs", self.l1.max_ttl_secs, TEN_YEARS_SECS)?;
-        at_most(
-            "metrics.interval_secs",
-            self.metrics.interval_secs,
-            TEN_YEARS_SECS,
-        )?;
+        at_most("metrics.interval_secs", self.metrics.interval_secs, TEN_YEARS_SECS)?;
         at_most("l2.timeout_ms", self.l2.timeout_ms, ONE_DAY_MS)?;
         at_most("origin.timeout_ms", self.origin.timeout_ms, ONE_DAY_MS)?;
         at_least("server.max_body_bytes", self.server.max_body_bytes, 1)?;
-        at_least(
-            "server.request_timeout_ms",
-            self.server.request_timeout_ms,
-            1,
-        )?;
+        at_least("server.request_timeout_ms", self.server.request_timeout_ms, 1)?;
         at_least("server.max_concurrency", self.server.max_concurrency, 1)?;
         at_least("server.shutdown_grace_ms", self.server.shutdown_grace_ms, 1)?;
         at_least("cache.default_ttl_secs", self.cache.default_ttl_secs, 1)?;
@@ -460,10 +378,7 @@ impl Settings {
         if self.cache.default_ttl_secs > self.cache.max_ttl_secs {
             return Err(ConfigError::new(
                 "cache.default_ttl_secs",
-                format!(
-                    "must not exceed cache.max_ttl_secs ({})",
-                    self.cache.max_ttl_secs
-                ),
+                format!("must not exceed cache.max_ttl_secs ({})", self.cache.max_ttl_secs),
             ));
         }
         at_least("l1.max_entries", self.l1.max_entries, 1)?;
@@ -472,56 +387,34 @@ impl Settings {
         at_least("l2.timeout_ms", self.l2.timeout_ms, 1)?;
         at_least("l2.breaker_failures", self.l2.breaker_failures, 1)?;
         at_least("l2.breaker_open_secs", self.l2.breaker_open_secs, 1)?;
+        self.l2_target()?;
         if !matches!(self.l2.write_policy.as_str(), "best_effort" | "required") {
-            return Err(ConfigError::new(
-                "l2.write_policy",
-                "must be \"best_effort\" or \"required\"",
-            ));
+            return Err(ConfigError::new("l2.write_policy", "must be \"best_effort\" or \"required\""));
         }
         if self.invalidation.channel.is_empty() {
-            return Err(ConfigError::new(
-                "invalidation.channel",
-                "must not be empty",
-            ));
+            return Err(ConfigError::new("invalidation.channel", "must not be empty"));
         }
         at_least("origin.timeout_ms", self.origin.timeout_ms, 1)?;
         at_least("origin.default_ttl_secs", self.origin.default_ttl_secs, 1)?;
         at_least("origin.max_concurrency", self.origin.max_concurrency, 1)?;
         if !matches!(self.compression.algorithm.as_str(), "zstd" | "none") {
-            return Err(ConfigError::new(
-                "compression.algorithm",
-                "must be \"zstd\" or \"none\"",
-            ));
+            return Err(ConfigError::new("compression.algorithm", "must be \"zstd\" or \"none\""));
         }
-        at_least(
-            "compression.threshold_bytes",
-            self.compression.threshold_bytes,
-            1,
-        )?;
+        at_least("compression.threshold_bytes", self.compression.threshold_bytes, 1)?;
         if !(1..=22).contains(&self.compression.level) {
             return Err(ConfigError::new("compression.level", "must be in 1..=22"));
         }
-        at_least(
-            "persistence.interval_secs",
-            self.persistence.interval_secs,
-            1,
-        )?;
+        at_least("persistence.interval_secs", self.persistence.interval_secs, 1)?;
         at_least("warm.timeout_secs", self.warm.timeout_secs, 1)?;
         at_least("warm.parallelism", self.warm.parallelism, 1)?;
         at_least("prefetch.workers", self.prefetch.workers, 1)?;
         at_least("prefetch.max_queue", self.prefetch.max_queue, 1)?;
         at_least("metrics.interval_secs", self.metrics.interval_secs, 1)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::new(
-                "log.level",
-                format!("not a log filter: {:?}", self.log.level),
-            ));
+            return Err(ConfigError::new("log.level", format!("not a log filter: {:?}", self.log.level)));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::new(
-                "log.format",
-                "must be \"text\" or \"json\"",
-            ));
+            return Err(ConfigError::new("log.format", "must be \"text\" or \"json\""));
         }
         self.refuse_unbuilt_features()
     }
@@ -532,16 +425,11 @@ impl Settings {
     fn refuse_unbuilt_features(&self) -> Result<(), ConfigError> {
         let unbuilt = |key: &str, is_set: bool| {
             if is_set {
-                Err(ConfigError::new(
-                    key,
-                    "this feature is not available in this build yet; leave it unset",
-                ))
+                Err(ConfigError::new(key, "this feature is not available in this build yet; leave it unset"))
             } else {
                 Ok(())
             }
         };
-        unbuilt("l2.url", !self.l2.url.expose().is_empty())?;
-        unbuilt("l2.cluster_nodes", !self.l2.cluster_nodes.is_empty())?;
         unbuilt("origin.url", !self.origin.url.is_empty())?;
         unbuilt("persistence.path", !self.persistence.path.is_empty())?;
         unbuilt("warm.url", !self.warm.url.is_empty())?;
@@ -554,10 +442,7 @@ impl Settings {
 
     /// The listen address; valid after [`Settings::validate`].
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .parse()
-            .expect("server.listen was validated")
+        self.server.listen.parse().expect("server.listen was validated")
     }
 
     pub(crate) fn server_config(&self) -> ServerConfig {
@@ -580,11 +465,54 @@ impl Settings {
                 max_deps: clamp_usize(self.cache.max_deps),
             },
             l1: L1Config {
-                max_entries: NonZeroUsize::new(clamp_usize(self.l1.max_entries))
-                    .expect("validated: at least 1"),
+                max_entries: NonZeroUsize::new(clamp_usize(self.l1.max_entries)).expect("validated: at least 1"),
                 max_bytes: self.l1.max_bytes,
             },
+            l2: self.l2_target().expect("l2 settings were validated").map(|target| L2Config {
+                target,
+                key_prefix: self.l2.key_prefix.clone(),
+                timeout: Duration::from_millis(self.l2.timeout_ms),
+                breaker_failures: u32::try_from(self.l2.breaker_failures).unwrap_or(u32::MAX),
+                breaker_open_for: Duration::from_secs(self.l2.breaker_open_secs),
+                compression: Compression {
+                    zstd_level: (self.compression.algorithm == "zstd").then_some(self.compression.level as i32),
+                    threshold_bytes: clamp_usize(self.compression.threshold_bytes),
+                },
+                max_value_bytes: clamp_usize(self.cache.max_value_bytes),
+            }),
+            write_policy: if self.l2.write_policy == "required" {
+                WritePolicy::Required
+            } else {
+                WritePolicy::BestEffort
+            },
+            l1_max_ttl: (self.l1.max_ttl_secs > 0).then(|| Duration::from_secs(self.l1.max_ttl_secs)),
+            channel: self.invalidation.channel.clone(),
+            flush_l1_on_reconnect: self.invalidation.flush_l1_on_reconnect,
         }
+    }
+
+    /// Where L2 lives: `None` without `l2.url` or `l2.cluster_nodes`. A `redis+cluster://` URL
+    /// is a cluster seeded by that one node. URLs are checked here and never printed (they may
+    /// carry a password).
+    fn l2_target(&self) -> Result<Option<Target>, ConfigError> {
+        let url = self.l2.url.expose();
+        if !self.l2.cluster_nodes.is_empty() {
+            let nodes = self.l2.cluster_nodes.iter().map(|node| normalize_redis_url(node)).collect::<Vec<_>>();
+            for node in &nodes {
+                check_redis_url("l2.cluster_nodes", node)?;
+            }
+            return Ok(Some(Target::Cluster(nodes)));
+        }
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let node = format!("redis://{rest}");
+            check_redis_url("l2.url", &node)?;
+            return Ok(Some(Target::Cluster(vec![node])));
+        }
+        check_redis_url("l2.url", url)?;
+        Ok(Some(Target::Single(url.to_string())))
     }
 
     pub(crate) fn cleanup_interval(&self) -> Duration {
@@ -610,6 +538,20 @@ pub(crate) struct ServerConfig {
 pub struct EngineConfig {
     pub limits: EntryLimits,
     pub l1: L1Config,
+    pub l2: Option<L2Config>,
+    pub write_policy: WritePolicy,
+    pub l1_max_ttl: Option<Duration>,
+    pub channel: String,
+    pub flush_l1_on_reconnect: bool,
+}
+
+/// `l2.write_policy`: what a write does when L2 cannot take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePolicy {
+    /// Answer with `"l2":"unavailable"`; the value lives in this instance's L1 only.
+    BestEffort,
+    /// Answer 503 and leave nothing behind in L1.
+    Required,
 }
 
 /// What one entry may be: checked before anything is written.
@@ -634,24 +576,32 @@ impl EngineConfig {
     /// The defaults of SPEC §11 with a smaller L1, for tests.
     pub fn for_tests(max_entries: usize, max_bytes: u64) -> Self {
         let mut config = Settings::default().engine_config();
-        config.l1 = L1Config {
-            max_entries: NonZeroUsize::new(max_entries).expect("at least 1"),
-            max_bytes,
-        };
+        config.l1 = L1Config { max_entries: NonZeroUsize::new(max_entries).expect("at least 1"), max_bytes };
         config
     }
+}
+
+/// Cluster seed nodes may be given as `host:port`.
+fn normalize_redis_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("redis://{node}")
+    }
+}
+
+fn check_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|_| ConfigError::new(key, "not a valid Redis URL (redis://[:password@]host[:port][/db] or rediss://)"))
 }
 
 fn clamp_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }
 
-fn deserialize(
-    built: Result<config::Config, config::ConfigError>,
-) -> Result<Settings, ConfigError> {
-    built
-        .and_then(config::Config::try_deserialize)
-        .map_err(from_config_error)
+fn deserialize(built: Result<config::Config, config::ConfigError>) -> Result<Settings, ConfigError> {
+    built.and_then(config::Config::try_deserialize).map_err(from_config_error)
 }
 
 /// Every dotted key `Settings` knows, with whether its value is a list.
@@ -670,23 +620,13 @@ fn known_keys() -> BTreeMap<String, bool> {
     keys
 }
 
-fn check_known_keys(
-    value: &toml::Value,
-    prefix: &str,
-    known: &BTreeMap<String, bool>,
-) -> Result<(), ConfigError> {
+fn check_known_keys(value: &toml::Value, prefix: &str, known: &BTreeMap<String, bool>) -> Result<(), ConfigError> {
     let toml::Value::Table(table) = value else {
         return Ok(());
     };
     for (name, child) in table {
-        let key = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}.{name}")
-        };
-        let is_section = known
-            .keys()
-            .any(|known_key| known_key.starts_with(&format!("{key}.")));
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let is_section = known.keys().any(|known_key| known_key.starts_with(&format!("{key}.")));
         if is_section {
             if !child.is_table() {
                 return Err(ConfigError::new(key, "must be a table"));
@@ -709,19 +649,13 @@ fn apply_env(
 ) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
     let set = |builder: config::ConfigBuilder<_>, key: &str, raw: &str| -> Result<_, ConfigError> {
         let value: config::Value = if known.get(key).copied().unwrap_or(false) {
-            let items: Vec<String> = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|item| !item.is_empty())
-                .map(String::from)
-                .collect();
+            let items: Vec<String> =
+                raw.split(',').map(str::trim).filter(|item| !item.is_empty()).map(String::from).collect();
             items.into()
         } else {
             raw.into()
         };
-        builder
-            .set_override(key, value)
-            .map_err(|err| ConfigError::new(key, err.to_string()))
+        builder.set_override(key, value).map_err(|err| ConfigError::new(key, err.to_string()))
     };
 
     for (alias, key) in ALIASES {
@@ -730,24 +664,17 @@ fn apply_env(
         }
     }
     if let Some(port) = env.get("PORT") {
-        let port: u16 = port.parse().ok().filter(|port| *port != 0).ok_or_else(|| {
-            ConfigError::new("PORT", format!("not a port in 1..=65535: {port:?}"))
-        })?;
-        let listen = env
-            .get("TIERCACHE__SERVER__LISTEN")
-            .cloned()
-            .unwrap_or_else(|| file_settings.server.listen.clone());
-        let addr: SocketAddr = listen.parse().map_err(|_| {
-            ConfigError::new(
-                "server.listen",
-                format!("not a socket address (ip:port): {listen:?}"),
-            )
-        })?;
-        builder = set(
-            builder,
-            "server.listen",
-            &SocketAddr::new(addr.ip(), port).to_string(),
-        )?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| ConfigError::new("PORT", format!("not a port in 1..=65535: {port:?}")))?;
+        let listen =
+            env.get("TIERCACHE__SERVER__LISTEN").cloned().unwrap_or_else(|| file_settings.server.listen.clone());
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|_| ConfigError::new("server.listen", format!("not a socket address (ip:port): {listen:?}")))?;
+        builder = set(builder, "server.listen", &SocketAddr::new(addr.ip(), port).to_string())?;
     }
     if env.contains_key("REDIS_PASSWORD") || env.contains_key("REDIS_DB") {
         let url = env
@@ -765,16 +692,9 @@ fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let key = rest
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-            .join(".");
+        let key = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
         if !known.contains_key(&key) {
-            return Err(ConfigError::new(
-                key,
-                format!("unknown key (from environment variable {name})"),
-            ));
+            return Err(ConfigError::new(key, format!("unknown key (from environment variable {name})")));
         }
         if key == "l2.url" && (env.contains_key("REDIS_PASSWORD") || env.contains_key("REDIS_DB")) {
             continue; // Already applied above, completed with the password and database.
@@ -785,16 +705,9 @@ fn apply_env(
 }
 
 /// Adds `REDIS_PASSWORD` and `REDIS_DB` to a Redis URL that does not carry them already.
-fn complete_redis_url(
-    url: &str,
-    password: Option<&String>,
-    db: Option<&String>,
-) -> Result<String, ConfigError> {
+fn complete_redis_url(url: &str, password: Option<&String>, db: Option<&String>) -> Result<String, ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(ConfigError::new(
-            "l2.url",
-            "not a URL (expected redis://host:port)",
-        ));
+        return Err(ConfigError::new("l2.url", "not a URL (expected redis://host:port)"));
     };
     let (authority, path) = match rest.find('/') {
         Some(idx) => (&rest[..idx], &rest[idx..]),
@@ -802,16 +715,14 @@ fn complete_redis_url(
     };
     let authority = match password {
         Some(password) if !authority.contains('@') => {
-            let encoded =
-                percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+            let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
             format!(":{encoded}@{authority}")
         }
         _ => authority.to_string(),
     };
     let path = match db {
         Some(db) if path.trim_start_matches('/').is_empty() => {
-            db.parse::<u32>()
-                .map_err(|_| ConfigError::new("REDIS_DB", "must be a database number"))?;
+            db.parse::<u32>().map_err(|_| ConfigError::new("REDIS_DB", "must be a database number"))?;
             format!("/{db}")
         }
         _ => path.to_string(),
@@ -838,9 +749,7 @@ fn from_config_error(err: config::ConfigError) -> ConfigError {
 }
 
 fn toml_error_key(err: &toml::de::Error) -> String {
-    err.span()
-        .map(|span| format!("config file (byte {})", span.start))
-        .unwrap_or_else(|| "config file".into())
+    err.span().map(|span| format!("config file (byte {})", span.start)).unwrap_or_else(|| "config file".into())
 }
 
 fn toml_error_message(err: &toml::de::Error) -> String {
@@ -853,13 +762,7 @@ mod tests {
 
     fn load_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Settings::load(
-            Some(Path::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/config/default.toml"
-            ))),
-            env,
-        )
+        Settings::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))), env)
     }
 
     #[test]
@@ -869,26 +772,17 @@ mod tests {
 
     #[test]
     fn every_known_key_appears_in_default_toml() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-                .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).unwrap();
         let table: toml::Table = text.parse().unwrap();
         for key in known_keys().keys() {
             let (section, field) = key.split_once('.').unwrap();
-            assert!(
-                table.get(section).and_then(|s| s.get(field)).is_some(),
-                "{key} missing from default.toml"
-            );
+            assert!(table.get(section).and_then(|s| s.get(field)).is_some(), "{key} missing from default.toml");
         }
     }
 
     #[test]
     fn prefixed_env_overrides_file_and_alias() {
-        let settings = load_env(&[
-            ("CACHE_L1_MAX_ENTRIES", "7"),
-            ("TIERCACHE__L1__MAX_ENTRIES", "5000"),
-        ])
-        .unwrap();
+        let settings = load_env(&[("CACHE_L1_MAX_ENTRIES", "7"), ("TIERCACHE__L1__MAX_ENTRIES", "5000")]).unwrap();
         assert_eq!(settings.l1.max_entries, 5000);
         let settings = load_env(&[("CACHE_L1_MAX_ENTRIES", "7")]).unwrap();
         assert_eq!(settings.l1.max_entries, 7);
@@ -913,84 +807,48 @@ mod tests {
 
     #[test]
     fn port_alias_yields_to_prefixed_listen() {
-        let settings = load_env(&[
-            ("PORT", "8123"),
-            ("TIERCACHE__SERVER__LISTEN", "127.0.0.1:9000"),
-        ])
-        .unwrap();
+        let settings = load_env(&[("PORT", "8123"), ("TIERCACHE__SERVER__LISTEN", "127.0.0.1:9000")]).unwrap();
         assert_eq!(settings.server.listen, "127.0.0.1:9000");
     }
 
     #[test]
     fn redis_aliases_complete_the_url() {
         assert_eq!(
-            complete_redis_url(
-                "redis://cache:6379",
-                Some(&"p@ss".into()),
-                Some(&"2".into())
-            )
-            .unwrap(),
+            complete_redis_url("redis://cache:6379", Some(&"p@ss".into()), Some(&"2".into())).unwrap(),
             "redis://:p%40ss@cache:6379/2"
         );
         assert_eq!(
             complete_redis_url("redis://u:x@h:1/3", Some(&"y".into()), Some(&"4".into())).unwrap(),
             "redis://u:x@h:1/3"
         );
-        // The L2 tier is not built yet, so a URL is refused rather than ignored.
-        let err =
-            load_env(&[("REDIS_URL", "redis://127.0.0.1:6379"), ("REDIS_DB", "1")]).unwrap_err();
+        let settings =
+            load_env(&[("REDIS_URL", "redis://127.0.0.1:6379"), ("REDIS_DB", "1"), ("REDIS_PASSWORD", "pw")]).unwrap();
+        assert_eq!(settings.l2.url.expose(), "redis://:pw@127.0.0.1:6379/1");
+        let settings = load_env(&[("REDIS_URL", "redis://a:1"), ("TIERCACHE__L2__URL", "redis://b:2")]).unwrap();
+        assert_eq!(settings.l2.url.expose(), "redis://b:2", "the TIERCACHE__ form wins");
+        let err = load_env(&[("REDIS_URL", "http://nope")]).unwrap_err();
         assert_eq!(err.key, "l2.url");
+        assert!(!err.problem.contains("nope"), "URLs are never printed: {err}");
     }
 
     #[test]
     fn lists_in_env_are_comma_separated() {
         let env = [("TIERCACHE__WARM__KEYS".to_string(), "a, b,c".to_string())];
         let err = Settings::load(None, env).unwrap_err();
-        assert_eq!(
-            err.key, "warm.keys",
-            "parsed as a list, then refused as unbuilt: {err}"
-        );
+        assert_eq!(err.key, "warm.keys", "parsed as a list, then refused as unbuilt: {err}");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        assert_eq!(
-            load_env(&[("TIERCACHE__L1__MAX_ENTRIES", "0")])
-                .unwrap_err()
-                .key,
-            "l1.max_entries"
-        );
-        assert_eq!(
-            load_env(&[("TIERCACHE__L1__MAX_ENTRIES", "many")])
-                .unwrap_err()
-                .key,
-            "l1.max_entries"
-        );
-        assert_eq!(
-            load_env(&[("TIERCACHE__L1__COLOUR", "red")])
-                .unwrap_err()
-                .key,
-            "l1.colour"
-        );
-        assert_eq!(
-            load_env(&[("TIERCACHE__SERVER__LISTEN", "nowhere")])
-                .unwrap_err()
-                .key,
-            "server.listen"
-        );
-        assert_eq!(
-            load_env(&[("TIERCACHE__LOG__FORMAT", "xml")])
-                .unwrap_err()
-                .key,
-            "log.format"
-        );
+        assert_eq!(load_env(&[("TIERCACHE__L1__MAX_ENTRIES", "0")]).unwrap_err().key, "l1.max_entries");
+        assert_eq!(load_env(&[("TIERCACHE__L1__MAX_ENTRIES", "many")]).unwrap_err().key, "l1.max_entries");
+        assert_eq!(load_env(&[("TIERCACHE__L1__COLOUR", "red")]).unwrap_err().key, "l1.colour");
+        assert_eq!(load_env(&[("TIERCACHE__SERVER__LISTEN", "nowhere")]).unwrap_err().key, "server.listen");
+        assert_eq!(load_env(&[("TIERCACHE__LOG__FORMAT", "xml")]).unwrap_err().key, "log.format");
         assert_eq!(load_env(&[("PORT", "70000")]).unwrap_err().key, "PORT");
         let huge = "18446744073709551615";
         for (var, key) in [
-            (
-                "TIERCACHE__SERVER__MAX_CONCURRENCY",
-                "server.max_concurrency",
-            ),
+            ("TIERCACHE__SERVER__MAX_CONCURRENCY", "server.max_concurrency"),
             ("CACHE_CLEANUP_INTERVAL", "l1.cleanup_interval_secs"),
             ("TIERCACHE__CACHE__MAX_TTL_SECS", "cache.max_ttl_secs"),
         ] {

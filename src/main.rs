@@ -26,10 +26,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -65,9 +62,7 @@ async fn wait_for_signal() {
 
 fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_new(&settings.log.level).expect("log.level was validated");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if settings.log.format == "json" {
         builder.json().init();
     } else {

@@ -4,9 +4,10 @@
 //! in one process. Labels come from small fixed sets: a route template, never a key or a tag.
 //! Label values known in advance are resolved once here, so hot paths only increment atomics.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Why an entry left L1, the `reason` label of `tiercache_evictions_total`.
@@ -39,59 +40,53 @@ pub struct Metrics {
     evicted_manual: IntCounter,
     pub(crate) entries: IntGauge,
     pub(crate) bytes: IntGauge,
+    pub(crate) l2_up: IntGauge,
+    pub(crate) l2_errors: IntCounter,
+    pub(crate) invalidations_published: IntCounter,
+    pub(crate) invalidations_received: IntCounter,
+    pub(crate) invalidations_malformed: IntCounter,
+    /// L2 lookups that found nothing (JSON only: `tiercache_misses_total` counts whole misses).
+    pub(crate) l2_misses: AtomicU64,
+    /// Value bytes before and after compression, over compressed values only.
+    compressed_original_bytes: AtomicU64,
+    compressed_stored_bytes: AtomicU64,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new(
-                "tiercache_http_requests_total",
-                "HTTP requests answered, by route template, method and status",
-            ),
+            Opts::new("tiercache_http_requests_total", "HTTP requests answered, by route template, method and status"),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tiercache_http_request_duration_seconds",
-                "Time to answer an HTTP request",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
-            ]),
+            HistogramOpts::new("tiercache_http_request_duration_seconds", "Time to answer an HTTP request").buckets(
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            ),
             &["route", "method"],
         )
         .expect("valid metric");
-        let hits = IntCounterVec::new(
-            Opts::new("tiercache_hits_total", "Cache hits, by tier"),
-            &["tier"],
-        )
-        .expect("valid metric");
-        let misses = IntCounter::new("tiercache_misses_total", "Lookups no tier could answer")
+        let hits = IntCounterVec::new(Opts::new("tiercache_hits_total", "Cache hits, by tier"), &["tier"])
             .expect("valid metric");
-        let sets =
-            IntCounter::new("tiercache_sets_total", "Entries written").expect("valid metric");
-        let deletes = IntCounter::new(
-            "tiercache_deletes_total",
-            "Keys removed by DELETE /api/cache/{key}",
-        )
-        .expect("valid metric");
-        let evictions = IntCounterVec::new(
-            Opts::new(
-                "tiercache_evictions_total",
-                "Entries that left L1, by reason",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
+        let misses = IntCounter::new("tiercache_misses_total", "Lookups no tier could answer").expect("valid metric");
+        let sets = IntCounter::new("tiercache_sets_total", "Entries written").expect("valid metric");
+        let deletes = IntCounter::new("tiercache_deletes_total", "Keys removed by DELETE /api/cache/{key}")
+            .expect("valid metric");
+        let evictions =
+            IntCounterVec::new(Opts::new("tiercache_evictions_total", "Entries that left L1, by reason"), &["reason"])
+                .expect("valid metric");
         let entries = IntGauge::new("tiercache_entries", "Entries in L1").expect("valid metric");
-        let bytes = IntGauge::new(
-            "tiercache_bytes",
-            "Bytes held by L1 entries (key + value + metadata)",
+        let l2_up = IntGauge::new("tiercache_l2_up", "1 when L2 (Redis) is reachable, else 0").expect("valid metric");
+        let l2_errors = IntCounter::new("tiercache_l2_errors_total", "Failed L2 calls and malformed L2 values")
+            .expect("valid metric");
+        let invalidation_messages = IntCounterVec::new(
+            Opts::new("tiercache_invalidation_messages_total", "Invalidation pub/sub messages, by direction"),
+            &["direction"],
         )
         .expect("valid metric");
+        let bytes = IntGauge::new("tiercache_bytes", "Bytes held by L1 entries (key + value + metadata)")
+            .expect("valid metric");
 
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -103,10 +98,11 @@ impl Metrics {
             Box::new(evictions.clone()),
             Box::new(entries.clone()),
             Box::new(bytes.clone()),
+            Box::new(l2_up.clone()),
+            Box::new(l2_errors.clone()),
+            Box::new(invalidation_messages.clone()),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector).expect("metric names are unique");
         }
 
         Self {
@@ -124,6 +120,14 @@ impl Metrics {
             deletes,
             entries,
             bytes,
+            l2_up,
+            l2_errors,
+            invalidations_published: invalidation_messages.with_label_values(&["published"]),
+            invalidations_received: invalidation_messages.with_label_values(&["received"]),
+            invalidations_malformed: invalidation_messages.with_label_values(&["malformed"]),
+            l2_misses: AtomicU64::new(0),
+            compressed_original_bytes: AtomicU64::new(0),
+            compressed_stored_bytes: AtomicU64::new(0),
         }
     }
 
@@ -149,12 +153,26 @@ impl Metrics {
         }
     }
 
+    pub fn record_compression(&self, original: usize, stored: usize) {
+        self.compressed_original_bytes.fetch_add(original as u64, Ordering::Relaxed);
+        self.compressed_stored_bytes.fetch_add(stored as u64, Ordering::Relaxed);
+    }
+
+    /// Stored / original bytes over compressed values; 1.0 when nothing was compressed.
+    pub fn compression_ratio(&self) -> f64 {
+        let original = self.compressed_original_bytes.load(Ordering::Relaxed);
+        let stored = self.compressed_stored_bytes.load(Ordering::Relaxed);
+        if original == 0 {
+            1.0
+        } else {
+            stored as f64 / original as f64
+        }
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut buffer = Vec::with_capacity(8 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding to a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("encoding to a Vec cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
 }

@@ -19,23 +19,14 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        let base_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self {
-            base_unix_ms,
-            start: Instant::now(),
-            skew_ms: Arc::new(AtomicU64::new(0)),
-        }
+        let base_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self { base_unix_ms, start: Instant::now(), skew_ms: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Milliseconds since the Unix epoch.
     #[inline]
     pub fn now_ms(&self) -> u64 {
-        self.base_unix_ms
-            + self.start.elapsed().as_millis() as u64
-            + self.skew_ms.load(Ordering::Relaxed)
+        self.base_unix_ms + self.start.elapsed().as_millis() as u64 + self.skew_ms.load(Ordering::Relaxed)
     }
 
     /// Moves this clock (and its clones) forward.

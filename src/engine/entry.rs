@@ -19,6 +19,9 @@ pub struct Entry {
     etag: [u8; ETAG_LEN],
     cached_at_ms: u64,
     expires_at_ms: u64,
+    /// When this L1 copy must be dropped: `expires_at_ms`, or earlier when `l1.max_ttl_secs`
+    /// bounds how stale a copy of a shared (L2) entry may get.
+    l1_expires_at_ms: u64,
     tags: Box<[Tag]>,
     depends_on: Box<[Key]>,
     /// Unique per write, process-wide: index records carry it so that removing an old entry
@@ -41,11 +44,13 @@ impl Entry {
         version: u64,
     ) -> Entry {
         let size = Self::size_of(key, value.len(), &tags, &depends_on);
+        let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
         Entry {
             etag: etag_of(&value),
             value,
             cached_at_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+            expires_at_ms,
+            l1_expires_at_ms: expires_at_ms,
             tags,
             depends_on,
             version,
@@ -59,14 +64,8 @@ impl Entry {
         ENTRY_OVERHEAD_BYTES
             + key.len()
             + value_len
-            + tags
-                .iter()
-                .map(|tag| tag.as_str().len() + PER_NAME_OVERHEAD_BYTES)
-                .sum::<usize>()
-            + depends_on
-                .iter()
-                .map(|dep| dep.len() + PER_NAME_OVERHEAD_BYTES)
-                .sum::<usize>()
+            + tags.iter().map(|tag| tag.as_str().len() + PER_NAME_OVERHEAD_BYTES).sum::<usize>()
+            + depends_on.iter().map(|dep| dep.len() + PER_NAME_OVERHEAD_BYTES).sum::<usize>()
     }
 
     /// The serialized JSON value, exactly as written.
@@ -102,9 +101,44 @@ impl Entry {
         self.size
     }
 
+    /// Rebuilds an entry read from L2: its own times, and an L1 deadline no later than
+    /// `l1_deadline_ms`.
+    #[allow(clippy::too_many_arguments)] // One field each; a builder would only rename them.
+    pub fn from_shared(
+        key: &Key,
+        value: Bytes,
+        cached_at_ms: u64,
+        expires_at_ms: u64,
+        l1_deadline_ms: u64,
+        tags: Box<[Tag]>,
+        depends_on: Box<[Key]>,
+        version: u64,
+    ) -> Entry {
+        let size = Self::size_of(key, value.len(), &tags, &depends_on);
+        Entry {
+            etag: etag_of(&value),
+            value,
+            cached_at_ms,
+            expires_at_ms,
+            l1_expires_at_ms: expires_at_ms.min(l1_deadline_ms),
+            tags,
+            depends_on,
+            version,
+            size,
+        }
+    }
+
+    /// Caps how long the L1 copy lives (never past the entry's own expiry).
+    pub fn with_l1_deadline(mut self, l1_deadline_ms: u64) -> Entry {
+        self.l1_expires_at_ms = self.expires_at_ms.min(l1_deadline_ms);
+        self
+    }
+
+    /// Whether this L1 copy must no longer be served: the entry expired, or the copy outlived
+    /// its L1 deadline.
     #[inline]
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        now_ms >= self.expires_at_ms
+        now_ms >= self.l1_expires_at_ms
     }
 
     /// Whole seconds left, rounded down so that `max-age` never overstates freshness.
@@ -131,15 +165,7 @@ mod tests {
 
     fn entry(value: &'static [u8]) -> Entry {
         let key = Key::parse("k", 512).unwrap();
-        Entry::new(
-            &key,
-            Bytes::from_static(value),
-            1_000,
-            Duration::from_secs(10),
-            Box::new([]),
-            Box::new([]),
-            1,
-        )
+        Entry::new(&key, Bytes::from_static(value), 1_000, Duration::from_secs(10), Box::new([]), Box::new([]), 1)
     }
 
     #[test]
@@ -161,18 +187,20 @@ mod tests {
     }
 
     #[test]
+    fn an_l1_deadline_ends_the_copy_early_but_not_the_entry() {
+        let capped = entry(b"1").with_l1_deadline(5_000);
+        assert!(capped.is_expired(5_000));
+        assert_eq!(capped.expires_at_ms(), 11_000, "clients still see the entry's own expiry");
+        let uncapped = entry(b"1").with_l1_deadline(u64::MAX);
+        assert!(!uncapped.is_expired(10_999));
+    }
+
+    #[test]
     fn size_counts_key_value_and_metadata() {
         let key = Key::parse("key", 512).unwrap();
         let tags: Box<[Tag]> = Box::new([Tag::parse("t1").unwrap()]);
-        let entry = Entry::new(
-            &key,
-            Bytes::from(vec![b'1'; 100]),
-            0,
-            Duration::from_secs(1),
-            tags.clone(),
-            Box::new([]),
-            1,
-        );
+        let entry =
+            Entry::new(&key, Bytes::from(vec![b'1'; 100]), 0, Duration::from_secs(1), tags.clone(), Box::new([]), 1);
         assert_eq!(entry.size(), Entry::size_of(&key, 100, &tags, &[]));
         assert!(entry.size() > 100 + 3 + 2);
     }

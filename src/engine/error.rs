@@ -13,4 +13,7 @@ pub enum EngineError {
     InvalidDependencies(String),
     #[error("value too large: {0}")]
     ValueTooLarge(String),
+    /// L2 is configured but could not take part in an operation that needs it.
+    #[error("l2 unavailable")]
+    L2Unavailable,
 }

@@ -46,9 +46,7 @@ pub fn matches(pattern: &str, text: &str) -> bool {
 
 /// Whether the pattern has no special characters, so it can only match itself.
 pub fn is_literal(pattern: &str) -> bool {
-    !pattern
-        .bytes()
-        .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+    !pattern.bytes().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
 }
 
 /// Matches the single pattern element at `p` against `byte`; returns the position after it.
@@ -111,10 +109,7 @@ mod tests {
         assert!(matches("user:?", "user:1"));
         assert!(!matches("user:?", "user:12"));
         assert!(!matches("user:?", "user:"));
-        assert!(
-            matches("??", "é"),
-            "é is two bytes in UTF-8, as Redis counts"
-        );
+        assert!(matches("??", "é"), "é is two bytes in UTF-8, as Redis counts");
     }
 
     #[test]
@@ -124,10 +119,7 @@ mod tests {
         assert!(matches("h[^e]llo", "hallo"));
         assert!(!matches("h[^e]llo", "hello"));
         assert!(matches("h[a-b]llo", "hbllo"));
-        assert!(
-            matches("h[b-a]llo", "hallo"),
-            "reversed ranges are swapped, as in Redis"
-        );
+        assert!(matches("h[b-a]llo", "hallo"), "reversed ranges are swapped, as in Redis");
         assert!(!matches("h[a-b]llo", "hcllo"));
         assert!(matches("[\\]]", "]"));
     }

@@ -1,70 +1,282 @@
-//! Removal with dependency cascade (SPEC §5): removing or writing key K removes every key whose
-//! `depends_on` holds K, transitively. A visited set makes cycles safe, and a write spares the
-//! key it just wrote. Records in the dependency graph carry the dependent's version, so the
-//! cascade removes exactly the entry that declared the dependency, never a newer one.
+//! Invalidation (SPEC §5): by key, glob pattern and tag, with the dependency cascade, in L1
+//! and L2, announced to the other instances; and the receiving side of those announcements.
+//!
+//! Cascade: removing or writing key K removes every key whose `depends_on` holds K,
+//! transitively, breadth first through both dependency graphs (L1's index and L2's sets). A
+//! visited set makes cycles safe, and a write spares the key it just wrote.
+//!
+//! When L2 is configured but fails during an invalidation, L1 is still invalidated, but the
+//! call answers [`EngineError::L2Unavailable`]: L2 may keep the value, and the caller must know
+//! the invalidation is incomplete. After one failed L2 call a request makes no more (so no
+//! request waits for Redis much longer than one `l2.timeout_ms`), and its message is skipped
+//! with its `seq` consumed, so every receiver sees the gap and clears its L1.
 
 use std::collections::{HashSet, VecDeque};
 
-use super::{Engine, Key};
+use super::messages::{Message, MessageKind};
+use super::{glob, DeleteOutcome, Engine, EngineError, Invalidation, Key};
 use crate::metrics::EvictionReason;
 
+/// Keys per published EVICT message: bounds a message's size on large invalidations.
+const KEYS_PER_MESSAGE: usize = 1000;
+
+/// What a removal did.
+#[derive(Debug, Default)]
+pub(super) struct Removal {
+    /// Distinct keys that existed in L1 or L2 and were removed.
+    pub removed: HashSet<Key>,
+    /// L2 is configured and a call to it failed: L2 may still hold some of these keys.
+    pub l2_failed: bool,
+}
+
 impl Engine {
-    /// Removes `key` (any version) and cascades. Returns whether `key` itself was present and
-    /// the distinct keys removed in all.
-    pub(super) fn remove_and_cascade(&self, key: &Key) -> (bool, usize) {
-        let deleted = self.l1.peek(key.as_str()).is_some();
-        let removed = self.invalidate_roots(vec![(key.clone(), None)]);
-        (deleted && removed > 0, removed)
-    }
-
-    /// Removes the dependents of a key just written, sparing the key itself.
-    pub(super) fn invalidate_dependents_of(&self, written: &Key) -> usize {
-        let mut visited = HashSet::from([written.clone()]);
-        let mut queue = VecDeque::from([written.clone()]);
-        self.cascade(&mut visited, &mut queue)
-    }
-
-    /// Removes each root (only at the given version when one is given) and cascades from every
-    /// root, present or not: a dependency edge outlives the key it points at.
-    pub(super) fn invalidate_roots(&self, roots: Vec<(Key, Option<u64>)>) -> usize {
-        let mut visited = HashSet::with_capacity(roots.len());
-        let mut queue = VecDeque::with_capacity(roots.len());
-        let mut n_removed = 0;
-        for (key, version) in roots {
-            if !visited.insert(key.clone()) {
-                continue;
-            }
-            let removed = match version {
-                Some(version) => {
-                    self.l1
-                        .remove_version(key.as_str(), version, EvictionReason::Invalidated)
-                }
-                None => self.l1.remove(key.as_str(), EvictionReason::Invalidated),
-            };
-            n_removed += usize::from(removed.is_some());
-            queue.push_back(key);
+    /// Removes `key` and every key that depends on it, in every tier.
+    ///
+    /// # Errors
+    /// [`EngineError::L2Unavailable`] when L2 could not take part (L1 was still cleaned).
+    pub async fn delete(&self, key: &Key) -> Result<DeleteOutcome, EngineError> {
+        let removal = self.remove_everywhere(vec![key.clone()], &HashSet::new(), true).await;
+        self.announce_keys(std::iter::once(key).chain(&removal.removed), !removal.l2_failed).await;
+        if removal.l2_failed {
+            return Err(EngineError::L2Unavailable);
         }
-        n_removed + self.cascade(&mut visited, &mut queue)
+        let deleted = removal.removed.contains(key);
+        if deleted {
+            self.metrics.deletes.inc();
+        }
+        Ok(DeleteOutcome { deleted, invalidated: removal.removed.len() })
     }
 
-    /// Breadth-first walk of the dependency graph from `queue`; returns the keys removed.
-    fn cascade(&self, visited: &mut HashSet<Key>, queue: &mut VecDeque<Key>) -> usize {
-        let mut n_removed = 0;
+    /// Removes what `invalidation` selects plus their dependents, in every tier; returns the
+    /// distinct keys removed.
+    ///
+    /// # Errors
+    /// [`EngineError::L2Unavailable`] when L2 could not take part (L1 was still cleaned).
+    pub async fn invalidate(&self, invalidation: &Invalidation) -> Result<usize, EngineError> {
+        let mut roots = invalidation.keys.clone();
+        let mut l2_failed = false;
+        if let Some(pattern) = invalidation.pattern.as_ref().filter(|pattern| glob::is_literal(pattern)) {
+            // A pattern without specials names one key: no scan needed.
+            roots.extend(self.parse_keys(vec![pattern.clone()]));
+        } else if let Some(pattern) = &invalidation.pattern {
+            roots
+                .extend(self.l1.keys_where(|key| glob::matches(pattern, key.as_str())).into_iter().map(|(key, _)| key));
+            if let Some(l2) = &self.l2 {
+                match l2.scan(pattern).await {
+                    Ok(names) => roots.extend(self.parse_keys(names)),
+                    Err(_) => l2_failed = true,
+                }
+            }
+        }
+        for tag in &invalidation.tags {
+            roots.extend(self.l1.tagged(tag).into_iter().map(|(key, _)| key));
+            if let Some(l2) = &self.l2 {
+                match l2.tagged(tag).await {
+                    Ok(names) => roots.extend(self.parse_keys(names)),
+                    Err(_) => l2_failed = true,
+                }
+            }
+        }
+        let removal = self.remove_everywhere(roots.clone(), &HashSet::new(), !l2_failed).await;
+        let l2_ok = !l2_failed && !removal.l2_failed;
+        self.announce_keys(roots.iter().chain(&removal.removed), l2_ok).await;
+        if let Some(pattern) = &invalidation.pattern {
+            self.publish(Message::pattern(pattern.clone()), l2_ok).await;
+        }
+        if !invalidation.tags.is_empty() {
+            self.publish(Message::tags(invalidation.tags.clone()), l2_ok).await;
+        }
+        if l2_failed || removal.l2_failed {
+            return Err(EngineError::L2Unavailable);
+        }
+        Ok(removal.removed.len())
+    }
+
+    /// Removes every entry from every tier; returns how many entries the fuller tier held.
+    ///
+    /// # Errors
+    /// [`EngineError::L2Unavailable`] when L2 could not be cleared (L1 was).
+    pub async fn clear(&self) -> Result<usize, EngineError> {
+        let n_l1 = self.l1.clear();
+        let n_l2 = match &self.l2 {
+            Some(l2) => Some(l2.clear().await),
+            None => None,
+        };
+        self.publish(Message::clear(), !matches!(n_l2, Some(Err(_)))).await;
+        match n_l2 {
+            None => Ok(n_l1),
+            Some(Ok(n_l2)) => Ok(n_l1.max(n_l2)),
+            Some(Err(_)) => Err(EngineError::L2Unavailable),
+        }
+    }
+
+    /// Removes the dependents of keys just written, sparing the written keys: entries of one
+    /// batch never invalidate each other. `use_l2` is false after L2 failed in this request.
+    pub(super) async fn cascade_from_writes(&self, written: &HashSet<Key>, use_l2: bool) -> Removal {
+        let mut removal = self.remove_everywhere(written.iter().cloned().collect(), written, use_l2).await;
+        removal.l2_failed |= !use_l2 && self.l2.is_some();
+        removal
+    }
+
+    /// Removes `roots` (except `spared`) from L1 and L2, then their dependents, level by level.
+    /// Roots are cascaded from whether or not they were present: a dependency edge outlives
+    /// the key it points at.
+    async fn remove_everywhere(&self, roots: Vec<Key>, spared: &HashSet<Key>, use_l2: bool) -> Removal {
+        let mut removal = Removal { l2_failed: !use_l2 && self.l2.is_some(), ..Removal::default() };
+        let mut visited: HashSet<Key> = HashSet::with_capacity(roots.len());
+        let mut frontier: Vec<Key> = roots.into_iter().filter(|key| visited.insert(key.clone())).collect();
+        while !frontier.is_empty() {
+            let doomed: Vec<&Key> = frontier.iter().filter(|key| !spared.contains(*key)).collect();
+            for key in &doomed {
+                if self.l1.remove(key.as_str(), EvictionReason::Invalidated).is_some() {
+                    removal.removed.insert((*key).clone());
+                }
+            }
+            if let Some(l2) = &self.l2 {
+                if !doomed.is_empty() && !removal.l2_failed {
+                    let names: Vec<&str> = doomed.iter().map(|key| key.as_str()).collect();
+                    match l2.remove_each(&names).await {
+                        Ok(existed) => {
+                            let present = doomed.iter().zip(existed).filter(|(_, existed)| *existed);
+                            removal.removed.extend(present.map(|(key, _)| (*key).clone()));
+                        }
+                        Err(_) => removal.l2_failed = true,
+                    }
+                }
+            }
+            let mut next = Vec::new();
+            for key in &frontier {
+                for (dependent, _) in self.l1.dependents(key.as_str()) {
+                    if !spared.contains(&dependent) && visited.insert(dependent.clone()) {
+                        next.push(dependent);
+                    }
+                }
+            }
+            if let Some(l2) = &self.l2 {
+                if !removal.l2_failed {
+                    let names: Vec<&str> = frontier.iter().map(Key::as_str).collect();
+                    match l2.dependents_of_each(&names).await {
+                        Ok(dependents) => {
+                            for dependent in self.parse_keys(dependents) {
+                                if !spared.contains(&dependent) && visited.insert(dependent.clone()) {
+                                    next.push(dependent);
+                                }
+                            }
+                        }
+                        Err(_) => removal.l2_failed = true,
+                    }
+                }
+            }
+            frontier = next;
+        }
+        removal
+    }
+
+    /// Applies a message received on the invalidation channel to L1 (never to L2: the sender
+    /// already did that). Own messages are skipped; a gap in a sender's `seq` clears L1.
+    pub fn apply_message(&self, payload: &[u8]) {
+        let Some(message) = Message::parse(payload) else {
+            self.metrics.invalidations_malformed.inc();
+            tracing::warn!(payload_len = payload.len(), "malformed invalidation message ignored");
+            return;
+        };
+        if message.origin.as_deref() == Some(self.instance_id.as_str()) {
+            return;
+        }
+        self.metrics.invalidations_received.inc();
+        if let (Some(origin), Some(seq)) = (&message.origin, message.seq) {
+            if self.peers.observe(origin, seq) {
+                self.flush_l1("an invalidation message from a peer was missed");
+            }
+        }
+        let roots: Vec<Key> = match message.kind {
+            MessageKind::Clear => {
+                self.l1.clear();
+                return;
+            }
+            MessageKind::Evict => self.parse_keys(message.keys.unwrap_or_default()),
+            MessageKind::Pattern => {
+                let pattern = message.pattern.unwrap_or_default();
+                self.l1
+                    .keys_where(|key| glob::matches(&pattern, key.as_str()))
+                    .into_iter()
+                    .map(|(key, _)| key)
+                    .collect()
+            }
+            MessageKind::Tags => message
+                .tags
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|tag| self.l1.tagged(tag))
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        self.remove_from_l1_with_cascade(roots);
+    }
+
+    /// Clears L1 because invalidations may have been missed; L2 stays the source of truth.
+    pub fn flush_l1(&self, reason: &str) {
+        let n_removed = self.l1.clear();
+        tracing::info!(n_removed, reason, "l1 flushed");
+    }
+
+    /// Clears L1 after the subscription was lost and re-established (when configured to).
+    pub fn on_resubscribed(&self) {
+        if self.flush_l1_on_reconnect {
+            self.peers.reset();
+            self.flush_l1("invalidation subscription re-established");
+        }
+    }
+
+    /// L1 only: removes `roots` and their L1 dependents, transitively.
+    fn remove_from_l1_with_cascade(&self, roots: Vec<Key>) {
+        let mut visited: HashSet<Key> = HashSet::with_capacity(roots.len());
+        let mut queue: VecDeque<Key> = roots.into_iter().filter(|key| visited.insert(key.clone())).collect();
         while let Some(key) = queue.pop_front() {
-            for (dependent, version) in self.l1.dependents(key.as_str()) {
-                if !visited.insert(dependent.clone()) {
-                    continue;
+            self.l1.remove(key.as_str(), EvictionReason::Invalidated);
+            for (dependent, _) in self.l1.dependents(key.as_str()) {
+                if visited.insert(dependent.clone()) {
+                    queue.push_back(dependent);
                 }
-                let removed = self.l1.remove_version(
-                    dependent.as_str(),
-                    version,
-                    EvictionReason::Invalidated,
-                );
-                n_removed += usize::from(removed.is_some());
-                queue.push_back(dependent);
             }
         }
-        n_removed
+    }
+
+    /// Publishes EVICT messages naming `keys` (distinct, in chunks).
+    pub(super) async fn announce_keys(&self, keys: impl Iterator<Item = &Key>, l2_ok: bool) {
+        if self.l2.is_none() {
+            return;
+        }
+        let mut seen = HashSet::new();
+        let names: Vec<String> = keys.filter(|key| seen.insert(*key)).map(|key| key.as_str().to_string()).collect();
+        for chunk in names.chunks(KEYS_PER_MESSAGE) {
+            self.publish(Message::evict(chunk.to_vec()), l2_ok).await;
+        }
+    }
+
+    /// Publishes one message with this instance's `origin` and next `seq`. When `l2_ok` is
+    /// false (L2 already failed in this request) or the publish fails, the `seq` is spent all
+    /// the same: the gap tells every receiver to clear its L1.
+    async fn publish(&self, mut message: Message, l2_ok: bool) {
+        let Some(l2) = &self.l2 else { return };
+        if message.kind == MessageKind::Evict && message.keys.as_ref().is_some_and(Vec::is_empty) {
+            return;
+        }
+        message.origin = Some(self.instance_id.clone());
+        message.seq = Some(self.last_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1);
+        if !l2_ok {
+            return;
+        }
+        let payload = serde_json::to_string(&message).expect("a message serializes");
+        match l2.publish(&self.channel, &payload).await {
+            Ok(()) => self.metrics.invalidations_published.inc(),
+            Err(err) => tracing::debug!(%err, "invalidation message not published"),
+        }
+    }
+
+    /// Keys from L2 or a peer: untrusted, so invalid ones are skipped.
+    fn parse_keys(&self, names: Vec<String>) -> Vec<Key> {
+        names.iter().filter_map(|name| Key::parse(name, self.limits.max_key_bytes).ok()).collect()
     }
 }
 
@@ -75,26 +287,22 @@ mod tests {
     use bytes::Bytes;
 
     use crate::config::EngineConfig;
-    use crate::engine::{Clock, Engine, Key, WriteRequest};
+    use crate::engine::{Clock, DeleteOutcome, Engine, Key, WriteRequest};
     use crate::metrics::Metrics;
 
     fn engine() -> Engine {
-        Engine::new(
-            EngineConfig::for_tests(1000, 1 << 24),
-            Arc::new(Metrics::new()),
-            Clock::new(),
-        )
+        Engine::new(EngineConfig::for_tests(1000, 1 << 24), "me".into(), Arc::new(Metrics::new()), Clock::new())
     }
 
-    fn put(engine: &Engine, key: &str, deps: &[&str]) {
+    async fn put(engine: &Engine, key: &str, deps: &[&str]) {
         let request = WriteRequest {
             key: engine.parse_key(key).unwrap(),
             value: Bytes::from_static(b"1"),
             ttl_secs: None,
-            tags: vec![],
+            tags: vec!["t".into()],
             depends_on: deps.iter().map(|dep| dep.to_string()).collect(),
         };
-        engine.set(engine.validate(request).unwrap());
+        engine.set(engine.validate(request).unwrap()).await.unwrap();
     }
 
     fn present(engine: &Engine, key: &str) -> bool {
@@ -105,76 +313,103 @@ mod tests {
         Key::parse(raw, 512).unwrap()
     }
 
-    #[test]
-    fn delete_cascades_through_three_levels() {
+    #[tokio::test]
+    async fn delete_cascades_through_three_levels() {
         let engine = engine();
-        put(&engine, "page", &[]);
-        put(&engine, "section", &["page"]);
-        put(&engine, "fragment", &["section"]);
-        put(&engine, "unrelated", &[]);
-        let outcome = engine.delete(&key("page"));
-        assert!(outcome.deleted);
-        assert_eq!(outcome.invalidated, 3);
+        put(&engine, "page", &[]).await;
+        put(&engine, "section", &["page"]).await;
+        put(&engine, "fragment", &["section"]).await;
+        put(&engine, "unrelated", &[]).await;
+        assert_eq!(engine.delete(&key("page")).await.unwrap(), DeleteOutcome { deleted: true, invalidated: 3 });
         assert!(!present(&engine, "section") && !present(&engine, "fragment"));
         assert!(present(&engine, "unrelated"));
     }
 
-    #[test]
-    fn a_cycle_terminates_and_spares_the_key_written() {
+    #[tokio::test]
+    async fn a_cycle_terminates_and_spares_the_key_written() {
         let engine = engine();
-        put(&engine, "a", &["c"]);
-        put(&engine, "b", &["a"]);
+        put(&engine, "a", &["c"]).await;
+        put(&engine, "b", &["a"]).await;
         // c closes the cycle a -> c -> b -> a: its write removes a and b, then reaches c again.
-        let write = WriteRequest {
-            key: key("c"),
-            value: Bytes::from_static(b"1"),
-            ttl_secs: None,
-            tags: vec![],
-            depends_on: vec!["b".into()],
-        };
-        engine.set(engine.validate(write).unwrap());
+        put(&engine, "c", &["b"]).await;
         assert!(present(&engine, "c"));
         assert!(!present(&engine, "a") && !present(&engine, "b"));
-        assert_eq!(
-            engine.delete(&key("c")),
-            crate::engine::DeleteOutcome {
-                deleted: true,
-                invalidated: 1
-            }
-        );
+        assert_eq!(engine.delete(&key("c")).await.unwrap(), DeleteOutcome { deleted: true, invalidated: 1 });
     }
 
-    #[test]
-    fn a_write_spares_itself_in_a_cycle() {
+    #[tokio::test]
+    async fn cascade_reaches_dependents_of_a_missing_key() {
         let engine = engine();
-        put(&engine, "x", &["y"]);
-        put(&engine, "y", &["x"]); // y's write cascades to x (x depends on y), which depends on... y: spared.
-        assert!(present(&engine, "y"));
-        assert!(!present(&engine, "x"));
-    }
-
-    #[test]
-    fn cascade_reaches_dependents_of_a_missing_key() {
-        let engine = engine();
-        put(&engine, "child", &["gone"]);
-        let outcome = engine.delete(&key("gone"));
-        assert_eq!(
-            outcome,
-            crate::engine::DeleteOutcome {
-                deleted: false,
-                invalidated: 1
-            }
-        );
+        put(&engine, "child", &["gone"]).await;
+        assert_eq!(engine.delete(&key("gone")).await.unwrap(), DeleteOutcome { deleted: false, invalidated: 1 });
         assert!(!present(&engine, "child"));
     }
 
-    #[test]
-    fn a_rewritten_dependent_with_new_dependencies_is_spared() {
+    #[tokio::test]
+    async fn a_rewritten_dependent_with_new_dependencies_is_spared() {
         let engine = engine();
-        put(&engine, "child", &["old-parent"]);
-        put(&engine, "child", &["new-parent"]);
-        assert_eq!(engine.delete(&key("old-parent")).invalidated, 0);
+        put(&engine, "child", &["old-parent"]).await;
+        put(&engine, "child", &["new-parent"]).await;
+        assert_eq!(engine.delete(&key("old-parent")).await.unwrap().invalidated, 0);
         assert!(present(&engine, "child"));
-        assert_eq!(engine.delete(&key("new-parent")).invalidated, 1);
+        assert_eq!(engine.delete(&key("new-parent")).await.unwrap().invalidated, 1);
+    }
+
+    #[tokio::test]
+    async fn entries_of_one_batch_never_invalidate_each_other() {
+        let engine = engine();
+        put(&engine, "old-child", &["parent"]).await;
+        let writes = [("parent", vec![]), ("child", vec!["parent".to_string()])]
+            .into_iter()
+            .map(|(name, depends_on)| {
+                let request = WriteRequest {
+                    key: key(name),
+                    value: Bytes::from_static(b"1"),
+                    ttl_secs: None,
+                    tags: vec![],
+                    depends_on,
+                };
+                engine.validate(request).unwrap()
+            })
+            .collect();
+        engine.set_many(writes).await.unwrap();
+        assert!(present(&engine, "parent") && present(&engine, "child"));
+        assert!(!present(&engine, "old-child"), "a dependent from before the batch is invalidated");
+    }
+
+    #[tokio::test]
+    async fn received_messages_apply_to_l1_with_cascade() {
+        let engine = engine();
+        put(&engine, "a", &[]).await;
+        put(&engine, "a:child", &["a"]).await;
+        put(&engine, "b", &[]).await;
+        engine.apply_message(br#"{"type":"EVICT","keys":["a"],"origin":"peer","seq":1}"#);
+        assert!(!present(&engine, "a") && !present(&engine, "a:child") && present(&engine, "b"));
+        engine.apply_message(br#"{"type":"TAGS","tags":["t"]}"#);
+        assert!(!present(&engine, "b"), "a message without origin is applied");
+    }
+
+    #[tokio::test]
+    async fn own_messages_are_skipped_and_malformed_ones_counted() {
+        let engine = engine();
+        put(&engine, "a", &[]).await;
+        engine.apply_message(br#"{"type":"CLEAR","origin":"me","seq":1}"#);
+        assert!(present(&engine, "a"));
+        engine.apply_message(b"{not json");
+        engine.apply_message(br#"{"type":"EVICT"}"#);
+        assert!(present(&engine, "a"));
+        assert_eq!(engine.stats().invalidations_malformed, 2);
+        assert_eq!(engine.stats().invalidations_received, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sequence_gap_flushes_l1() {
+        let engine = engine();
+        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":1}"#);
+        put(&engine, "a", &[]).await;
+        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":2}"#);
+        assert!(present(&engine, "a"));
+        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":4}"#);
+        assert!(!present(&engine, "a"), "seq 3 was missed: L1 may hold stale values");
     }
 }

@@ -78,10 +78,7 @@ fn check_text(what: &str, raw: &str, max_bytes: usize) -> Result<(), String> {
         return Err(format!("{what} must not be empty"));
     }
     if raw.len() > max_bytes {
-        return Err(format!(
-            "{what} is {} bytes, the limit is {max_bytes}",
-            raw.len()
-        ));
+        return Err(format!("{what} is {} bytes, the limit is {max_bytes}", raw.len()));
     }
     if raw.chars().any(char::is_control) {
         return Err(format!("{what} must not contain control characters"));
@@ -95,10 +92,7 @@ mod tests {
 
     #[test]
     fn keys_keep_slashes_and_colons() {
-        assert_eq!(
-            Key::parse("/api/users//1:x", 512).unwrap().as_str(),
-            "/api/users//1:x"
-        );
+        assert_eq!(Key::parse("/api/users//1:x", 512).unwrap().as_str(), "/api/users//1:x");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! `Engine` is the one entry point the HTTP layer and the tasks call. It speaks domain types
 //! (`Key`, `Entry`, `Source`) and reports failures as `EngineError`; a miss is `None`.
-//! Today it has one tier (L1); L2 and the origin plug in behind the same calls.
+//! Tiers: L1 (in process) and, when configured, L2 (Redis, shared). Reads go L1 → L2 and fill
+//! L1; writes go to both before they are answered (`read.rs`, `write.rs`); invalidations act on
+//! both and are published to the other instances (`invalidation.rs`, `messages.rs`).
 
 pub mod clock;
 pub mod entry;
@@ -11,9 +13,13 @@ pub mod glob;
 mod invalidation;
 pub mod key;
 mod l1;
+pub mod l2;
+mod messages;
+mod read;
+mod write;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,19 +30,59 @@ pub use self::entry::Entry;
 pub use self::error::EngineError;
 pub use self::key::{Key, Tag};
 use self::l1::L1;
-use crate::config::{EngineConfig, EntryLimits};
+use self::l2::{L2Status, L2};
+use self::messages::SequenceTracker;
+use crate::config::{EngineConfig, EntryLimits, WritePolicy};
 use crate::metrics::{EvictionReason, Metrics};
 
 /// Which tier answered a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     L1,
+    L2,
 }
 
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::L1 => "l1",
+            Source::L2 => "l2",
+        }
+    }
+}
+
+/// What happened to a write in L2, the `"l2"` field of a PUT answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Write {
+    Stored,
+    Disabled,
+    Unavailable,
+}
+
+impl L2Write {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L2Write::Stored => "stored",
+            L2Write::Disabled => "disabled",
+            L2Write::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The `l2` field of `/health` and `l2_status` of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierStatus {
+    Up,
+    Down,
+    Disabled,
+}
+
+impl TierStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierStatus::Up => "up",
+            TierStatus::Down => "down",
+            TierStatus::Disabled => "disabled",
         }
     }
 }
@@ -78,6 +124,7 @@ impl ValidWrite {
 #[derive(Debug, Clone, Copy)]
 pub struct WriteOutcome {
     pub expires_at_ms: u64,
+    pub l2: L2Write,
 }
 
 /// What a delete reports back.
@@ -97,7 +144,7 @@ pub struct Invalidation {
 }
 
 /// Counters and sizes for the JSON metrics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineStats {
     pub hits: u64,
     pub l2_hits: u64,
@@ -108,25 +155,94 @@ pub struct EngineStats {
     pub expirations: u64,
     pub l1_size: u64,
     pub l1_bytes: u64,
+    pub l2_misses: u64,
+    pub l2_errors: u64,
+    pub compression_ratio: f64,
+    pub invalidations_published: u64,
+    pub invalidations_received: u64,
+    pub invalidations_malformed: u64,
 }
 
 pub struct Engine {
     l1: L1,
+    l2: Option<L2>,
     limits: EntryLimits,
+    write_policy: WritePolicy,
+    /// With L2, how long an L1 copy may live (`l1.max_ttl_secs`); `None` = the entry's TTL.
+    l1_max_ttl: Option<Duration>,
+    channel: String,
+    flush_l1_on_reconnect: bool,
+    instance_id: String,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Source of `Entry::version`; unique per write for the life of the process.
     next_version: AtomicU64,
+    /// Number of the last invalidation message this instance published.
+    last_seq: AtomicU64,
+    peers: SequenceTracker,
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, metrics: Arc<Metrics>, clock: Clock) -> Self {
+    pub fn new(config: EngineConfig, instance_id: String, metrics: Arc<Metrics>, clock: Clock) -> Self {
         Self {
             l1: L1::new(&config.l1, metrics.clone()),
+            l2: config.l2.map(|l2_config| L2::new(l2_config, metrics.clone())),
             limits: config.limits,
+            write_policy: config.write_policy,
+            l1_max_ttl: config.l1_max_ttl,
+            channel: config.channel,
+            flush_l1_on_reconnect: config.flush_l1_on_reconnect,
+            instance_id,
             clock,
             metrics,
             next_version: AtomicU64::new(1),
+            last_seq: AtomicU64::new(0),
+            peers: SequenceTracker::new(),
+        }
+    }
+
+    pub fn has_l2(&self) -> bool {
+        self.l2.is_some()
+    }
+
+    pub fn l2_config(&self) -> Option<&l2::L2Config> {
+        self.l2.as_ref().map(L2::config)
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Opens the L2 data connection (the monitor task retries it).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn connect_l2(&self) -> Result<(), l2::L2Error> {
+        match &self.l2 {
+            Some(l2) => l2.connect().await,
+            None => Ok(()),
+        }
+    }
+
+    /// One health round trip to L2; failures feed the breaker.
+    pub async fn ping_l2(&self) {
+        if let Some(l2) = &self.l2 {
+            if l2.is_connected() {
+                let _ = l2.ping().await;
+            }
+        }
+    }
+
+    /// Whether L2 had an outage since the last call: invalidations may have been missed.
+    pub fn take_l2_outage_seen(&self) -> bool {
+        self.l2.as_ref().is_some_and(L2::take_outage_seen)
+    }
+
+    pub fn l2_status(&self) -> TierStatus {
+        match &self.l2 {
+            None => TierStatus::Disabled,
+            Some(l2) if l2.status() == L2Status::Up => TierStatus::Up,
+            Some(_) => TierStatus::Down,
         }
     }
 
@@ -155,11 +271,7 @@ impl Engine {
         }
         let ttl = match request.ttl_secs {
             None => limits.default_ttl,
-            Some(0) => {
-                return Err(EngineError::InvalidTtl(
-                    "ttl must be at least 1 second".into(),
-                ))
-            }
+            Some(0) => return Err(EngineError::InvalidTtl("ttl must be at least 1 second".into())),
             Some(secs) if secs > limits.max_ttl.as_secs() => {
                 return Err(EngineError::InvalidTtl(format!(
                     "ttl must be at most {} seconds",
@@ -169,10 +281,7 @@ impl Engine {
             Some(secs) => Duration::from_secs(secs),
         };
         if request.tags.len() > limits.max_tags {
-            return Err(EngineError::InvalidTags(format!(
-                "at most {} tags per entry",
-                limits.max_tags
-            )));
+            return Err(EngineError::InvalidTags(format!("at most {} tags per entry", limits.max_tags)));
         }
         if request.depends_on.len() > limits.max_deps {
             return Err(EngineError::InvalidDependencies(format!(
@@ -180,13 +289,7 @@ impl Engine {
                 limits.max_deps
             )));
         }
-        let tags = dedup(
-            request
-                .tags
-                .iter()
-                .map(|raw| Tag::parse(raw))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let tags = dedup(request.tags.iter().map(|raw| Tag::parse(raw)).collect::<Result<Vec<_>, _>>()?);
         let depends_on = dedup(
             request
                 .depends_on
@@ -203,103 +306,7 @@ impl Engine {
                 "an entry of {size} bytes does not fit in l1 (l1.max_bytes)"
             )));
         }
-        Ok(ValidWrite {
-            key: request.key,
-            value: request.value,
-            ttl,
-            tags,
-            depends_on,
-        })
-    }
-
-    /// The fresh entry for `key`, counting a hit or a miss. An expired entry is removed and
-    /// never returned.
-    #[inline]
-    pub fn get(&self, key: &str) -> Option<Hit> {
-        match self.l1.get(key) {
-            Some(entry) if !entry.is_expired(self.clock.now_ms()) => {
-                self.metrics.hits_l1.inc();
-                Some(Hit {
-                    entry,
-                    source: Source::L1,
-                })
-            }
-            Some(expired) => {
-                self.l1
-                    .remove_version(key, expired.version(), EvictionReason::Expired);
-                self.metrics.misses.inc();
-                None
-            }
-            None => {
-                self.metrics.misses.inc();
-                None
-            }
-        }
-    }
-
-    /// Stores a write, then invalidates the keys that depend on it (never the key itself).
-    pub fn set(&self, write: ValidWrite) -> WriteOutcome {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry::new(
-            &write.key,
-            write.value,
-            self.clock.now_ms(),
-            write.ttl,
-            write.tags,
-            write.depends_on,
-            version,
-        );
-        let expires_at_ms = entry.expires_at_ms();
-        self.l1.insert(&write.key, Arc::new(entry));
-        self.metrics.sets.inc();
-        let n_invalidated = self.invalidate_dependents_of(&write.key);
-        tracing::debug!(key_len = write.key.len(), n_invalidated, "write cascade");
-        WriteOutcome { expires_at_ms }
-    }
-
-    /// Removes `key` and every key that depends on it, transitively.
-    pub fn delete(&self, key: &Key) -> DeleteOutcome {
-        let (deleted, invalidated) = self.remove_and_cascade(key);
-        if deleted {
-            self.metrics.deletes.inc();
-        }
-        DeleteOutcome {
-            deleted,
-            invalidated,
-        }
-    }
-
-    /// Removes what `invalidation` selects plus their dependents; returns the distinct keys
-    /// removed.
-    pub fn invalidate(&self, invalidation: &Invalidation) -> usize {
-        let mut roots: Vec<(Key, Option<u64>)> = invalidation
-            .keys
-            .iter()
-            .map(|key| (key.clone(), None))
-            .collect();
-        if let Some(pattern) = &invalidation.pattern {
-            if glob::is_literal(pattern) {
-                if let Ok(key) = self.parse_key(pattern) {
-                    roots.push((key, None));
-                }
-            } else {
-                roots.extend(
-                    self.l1
-                        .keys_where(|key| glob::matches(pattern, key.as_str()))
-                        .into_iter()
-                        .map(|(key, v)| (key, Some(v))),
-                );
-            }
-        }
-        for tag in &invalidation.tags {
-            roots.extend(
-                self.l1
-                    .tagged(tag)
-                    .into_iter()
-                    .map(|(key, version)| (key, Some(version))),
-            );
-        }
-        self.invalidate_roots(roots)
+        Ok(ValidWrite { key: request.key, value: request.value, ttl, tags, depends_on })
     }
 
     /// Evicts `count` L1 entries: the policy's coldest, or with `predictions` the present
@@ -310,34 +317,17 @@ impl Engine {
             Some(predictions) => {
                 let mut present: Vec<(f64, Key, u64)> = predictions
                     .iter()
-                    .filter_map(|(key, p)| {
-                        self.l1
-                            .peek(key.as_str())
-                            .map(|entry| (*p, key.clone(), entry.version()))
-                    })
+                    .filter_map(|(key, p)| self.l1.peek(key.as_str()).map(|entry| (*p, key.clone(), entry.version())))
                     .collect();
                 present.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-                present
-                    .into_iter()
-                    .take(count)
-                    .map(|(_, key, version)| (key, version))
-                    .collect()
+                present.into_iter().take(count).map(|(_, key, version)| (key, version)).collect()
             }
         };
         victims
             .into_iter()
-            .filter(|(key, version)| {
-                self.l1
-                    .remove_version(key.as_str(), *version, EvictionReason::Manual)
-                    .is_some()
-            })
+            .filter(|(key, version)| self.l1.remove_version(key.as_str(), *version, EvictionReason::Manual).is_some())
             .map(|(key, _)| key)
             .collect()
-    }
-
-    /// Removes every entry; returns how many there were.
-    pub fn clear(&self) -> usize {
-        self.l1.clear()
     }
 
     /// Removes expired entries (the background sweep); returns how many.
@@ -353,11 +343,16 @@ impl Engine {
             misses: metrics.misses.get(),
             sets: metrics.sets.get(),
             deletes: metrics.deletes.get(),
-            evictions: metrics.evictions(EvictionReason::Capacity)
-                + metrics.evictions(EvictionReason::Manual),
+            evictions: metrics.evictions(EvictionReason::Capacity) + metrics.evictions(EvictionReason::Manual),
             expirations: metrics.evictions(EvictionReason::Expired),
             l1_size: self.l1.len() as u64,
             l1_bytes: self.l1.bytes(),
+            l2_misses: metrics.l2_misses.load(std::sync::atomic::Ordering::Relaxed),
+            l2_errors: metrics.l2_errors.get(),
+            compression_ratio: metrics.compression_ratio(),
+            invalidations_published: metrics.invalidations_published.get(),
+            invalidations_received: metrics.invalidations_received.get(),
+            invalidations_malformed: metrics.invalidations_malformed.get(),
         }
     }
 
@@ -370,8 +365,5 @@ impl Engine {
 
 fn dedup<T: std::hash::Hash + Eq + Clone>(items: Vec<T>) -> Box<[T]> {
     let mut seen = HashSet::with_capacity(items.len());
-    items
-        .into_iter()
-        .filter(|item| seen.insert(item.clone()))
-        .collect()
+    items.into_iter().filter(|item| seen.insert(item.clone())).collect()
 }

@@ -28,11 +28,7 @@ struct ErrorDetail<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -44,11 +40,7 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not accept that method",
-        )
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
     }
 
     pub fn payload_too_large(message: impl Into<String>) -> Self {
@@ -68,35 +60,19 @@ impl ApiError {
     }
 
     pub fn overloaded() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight, retry later",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight, retry later")
     }
 
     pub fn timeout() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "the request took longer than server.request_timeout_ms",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took longer than server.request_timeout_ms")
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 
     pub fn not_ready() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "start-up loading is not finished",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "start-up loading is not finished")
     }
 
     /// Prefixes the message with where in the request the problem is (`entries[3]: ...`).
@@ -113,11 +89,10 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidKey(_) => ApiError::bad_request("invalid_key", message),
             EngineError::InvalidTtl(_) => ApiError::bad_request("invalid_ttl", message),
             EngineError::InvalidTags(_) => ApiError::bad_request("invalid_tags", message),
-            EngineError::InvalidDependencies(_) => {
-                ApiError::bad_request("invalid_depends_on", message)
-            }
-            EngineError::ValueTooLarge(_) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message)
+            EngineError::InvalidDependencies(_) => ApiError::bad_request("invalid_depends_on", message),
+            EngineError::ValueTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message),
+            EngineError::L2Unavailable => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "l2_unavailable", "the shared cache (l2) is unavailable")
             }
         }
     }
@@ -126,26 +101,13 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(
-                status = self.status.as_u16(),
-                code = self.code,
-                "request failed"
-            );
+            tracing::warn!(status = self.status.as_u16(), code = self.code, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
-            },
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
-            br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
-        });
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: &self.message } };
+        let bytes = serde_json::to_vec(&body)
+            .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec());
         let mut response = (self.status, bytes).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }

@@ -21,23 +21,11 @@ pub struct KeyPath(pub Key);
 impl FromRequestParts<AppState> for KeyPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let raw = parts
-            .uri
-            .path()
-            .strip_prefix(KEY_PREFIX)
-            .unwrap_or_default();
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.path().strip_prefix(KEY_PREFIX).unwrap_or_default();
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_key",
-                    "invalid key: not valid UTF-8 once percent-decoded",
-                )
-            })?;
+            .map_err(|_| ApiError::bad_request("invalid_key", "invalid key: not valid UTF-8 once percent-decoded"))?;
         Ok(KeyPath(state.engine.parse_key(&decoded)?))
     }
 }
@@ -73,23 +61,15 @@ where
 /// Parses a JSON body, telling malformed JSON apart from a well-formed body of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|err| match err.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_body", format!("invalid body: {err}"))
-        }
+        serde_json::error::Category::Data => ApiError::bad_request("invalid_body", format!("invalid body: {err}")),
         _ => ApiError::bad_request("invalid_json", format!("malformed JSON: {err}")),
     })
 }
 
 /// `application/json`, `application/*+json`, with or without parameters.
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 #[cfg(test)]

@@ -40,8 +40,7 @@ pub(crate) async fn guard(
     };
     // Cancel safety: dropping the handler future on timeout drops only request-scoped work;
     // engine calls are synchronous and complete before any await point.
-    let response = match tokio::time::timeout(state.server.request_timeout, next.run(request)).await
-    {
+    let response = match tokio::time::timeout(state.server.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::timeout().into_response(),
     };
@@ -61,32 +60,12 @@ pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> 
     ApiError::internal().into_response()
 }
 
-fn record(
-    state: &AppState,
-    route: &str,
-    method: &'static str,
-    response: &Response,
-    started: Instant,
-) {
+fn record(state: &AppState, route: &str, method: &'static str, response: &Response, started: Instant) {
     let elapsed = started.elapsed();
     let status = response.status();
-    state
-        .metrics
-        .http_requests
-        .with_label_values(&[route, method, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&[route, method])
-        .observe(elapsed.as_secs_f64());
-    tracing::debug!(
-        route,
-        method,
-        status = status.as_u16(),
-        duration_us = elapsed.as_micros() as u64,
-        "request"
-    );
+    state.metrics.http_requests.with_label_values(&[route, method, status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
+    tracing::debug!(route, method, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request");
 }
 
 /// The `method` label: a fixed set, so a client cannot mint label values.
@@ -111,9 +90,7 @@ mod tests {
     async fn a_panic_becomes_a_json_500() {
         let response = panic_response(Box::new("boom"));
         assert_eq!(response.status(), 500);
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"]["code"], "internal");
     }

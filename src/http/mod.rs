@@ -63,22 +63,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/cache/batch/get", post(routes::bulk::batch_get))
         .route("/api/cache/batch/set", post(routes::bulk::batch_set))
         .route("/api/cache/evict", post(routes::bulk::evict))
-        .route(
-            "/api/cache/prefetch",
-            post(routes::unbuilt::prefetch_queue).get(routes::unbuilt::prefetch_list),
-        )
-        .route(
-            "/api/cache/warm",
-            post(routes::unbuilt::warm_start).get(routes::unbuilt::warm_status),
-        )
+        .route("/api/cache/prefetch", post(routes::unbuilt::prefetch_queue).get(routes::unbuilt::prefetch_list))
+        .route("/api/cache/warm", post(routes::unbuilt::warm_start).get(routes::unbuilt::warm_status))
         .route("/api/cache/snapshot", post(routes::unbuilt::snapshot))
         .route("/api/cache/metrics", get(routes::ops::metrics_json))
-        .route(
-            "/api/cache/{*key}",
-            get(routes::entries::get)
-                .put(routes::entries::put)
-                .delete(routes::entries::delete),
-        )
+        .route("/api/cache/{*key}", get(routes::entries::get).put(routes::entries::put).delete(routes::entries::delete))
         .route("/metrics", get(routes::ops::prometheus))
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
@@ -86,10 +75,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    middleware::guard,
-                ))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::guard))
                 .layer(CatchPanicLayer::custom(middleware::panic_response))
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
@@ -100,11 +86,7 @@ pub(crate) fn router(state: AppState) -> Router {
 /// `tower::ServiceExt::oneshot` instead of a listening server.
 pub fn router_for_tests(settings: &Settings) -> Router {
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(
-        settings.engine_config(),
-        metrics.clone(),
-        Clock::new(),
-    ));
+    let engine = Arc::new(Engine::new(settings.engine_config(), "test".into(), metrics.clone(), Clock::new()));
     let server = settings.server_config();
     router(AppState::new(Shared {
         engine,

@@ -18,10 +18,7 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
     let ttl_remaining = entry.ttl_remaining_secs(now_ms);
     let mut headers = HeaderMap::with_capacity(5);
     headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    headers.insert(
-        X_CACHE_SOURCE,
-        HeaderValue::from_static(hit.source.as_str()),
-    );
+    headers.insert(X_CACHE_SOURCE, HeaderValue::from_static(hit.source.as_str()));
     if let Ok(etag) = HeaderValue::from_str(entry.etag()) {
         headers.insert(header::ETAG, etag);
     }
@@ -72,10 +69,7 @@ pub fn miss(key: &Key) -> Response {
 
 /// The `entries` object of a batch read: `{key:{value,source,expires_at}}`, plus `missing`.
 pub fn batch_entries(found: &[(Key, Hit)], missing: &[Key]) -> Response {
-    let value_bytes: usize = found
-        .iter()
-        .map(|(key, hit)| key.len() + hit.entry.value().len() + 80)
-        .sum();
+    let value_bytes: usize = found.iter().map(|(key, hit)| key.len() + hit.entry.value().len() + 80).sum();
     let mut body = Vec::with_capacity(value_bytes + missing.len() * 16 + 32);
     body.extend_from_slice(b"{\"entries\":{");
     for (idx, (key, hit)) in found.iter().enumerate() {
@@ -109,8 +103,7 @@ fn push_json_str(body: &mut Vec<u8>, text: &str) {
 }
 
 fn max_age(secs: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("max-age={secs}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+    HeaderValue::from_str(&format!("max-age={secs}")).unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
 }
 
 fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
@@ -126,10 +119,7 @@ fn etag_matches(condition: &[u8], etag: &str) -> bool {
     let Ok(condition) = std::str::from_utf8(condition) else {
         return false;
     };
-    condition
-        .split(',')
-        .map(str::trim)
-        .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+    condition.split(',').map(str::trim).any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
 }
 
 #[cfg(test)]

@@ -19,12 +19,7 @@ async fn batch_set_then_batch_get() {
         .await;
     assert_eq!(response.json(), json!({"success": true, "stored": 3}));
 
-    let response = app
-        .post(
-            "/api/cache/batch/get",
-            json!({"keys": ["a", "b", "missing", "a", "c"]}),
-        )
-        .await;
+    let response = app.post("/api/cache/batch/get", json!({"keys": ["a", "b", "missing", "a", "c"]})).await;
     response.assert_status(200);
     let body = response.json();
     assert_eq!(body["missing"], json!(["missing"]));
@@ -35,21 +30,12 @@ async fn batch_set_then_batch_get() {
     assert_eq!(entries["b"]["value"], json!(null));
     assert_eq!(entries["c"]["value"], json!([1]));
     assert_eq!(entries["b"].as_object().unwrap().len(), 3, "{body}");
-    let expires_at =
-        humantime::parse_rfc3339(entries["b"]["expires_at"].as_str().unwrap()).unwrap();
-    let left = expires_at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap()
-        .as_secs();
+    let expires_at = humantime::parse_rfc3339(entries["b"]["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires_at.duration_since(std::time::SystemTime::now()).unwrap().as_secs();
     assert!((28..=30).contains(&left), "{left}");
 
     // Tags and dependencies written by a batch are live.
-    assert_eq!(
-        app.post("/api/cache/invalidate", json!({"tags": ["t"]}))
-            .await
-            .json()["invalidated"],
-        1
-    );
+    assert_eq!(app.post("/api/cache/invalidate", json!({"tags": ["t"]})).await.json()["invalidated"], 1);
     assert_eq!(app.delete("/api/cache/a").await.json()["invalidated"], 2);
     let metrics = app.get("/api/cache/metrics").await.json();
     assert_eq!(metrics["hits"], 3);
@@ -60,15 +46,11 @@ async fn batch_set_then_batch_get() {
 async fn empty_batches_are_fine() {
     let app = TestApp::spawn(|_| {}).await;
     assert_eq!(
-        app.post("/api/cache/batch/set", json!({"entries": []}))
-            .await
-            .json(),
+        app.post("/api/cache/batch/set", json!({"entries": []})).await.json(),
         json!({"success": true, "stored": 0})
     );
     assert_eq!(
-        app.post("/api/cache/batch/get", json!({"keys": []}))
-            .await
-            .json(),
+        app.post("/api/cache/batch/get", json!({"keys": []})).await.json(),
         json!({"entries": {}, "missing": []})
     );
 }

@@ -23,10 +23,7 @@ const ROUTES: [&str; 12] = [
 
 fn path() -> impl Strategy<Value = String> {
     prop_oneof![
-        (
-            prop::sample::select(ROUTES.to_vec()),
-            "[a-zA-Z0-9:/%._~\\-]{0,40}"
-        )
+        (prop::sample::select(ROUTES.to_vec()), "[a-zA-Z0-9:/%._~\\-]{0,40}")
             .prop_map(|(route, rest)| format!("{route}{rest}")),
         "/[ -~&&[^ #?]]{0,60}",
         "/api/cache/(%[0-9A-Fa-f]{2}){1,12}",
@@ -37,11 +34,14 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     let json = prop_oneof![
         Just(serde_json::json!({"value": 1})),
         Just(serde_json::json!({"keys": ["a"], "pattern": "a*", "tags": ["t"]})),
-        Just(serde_json::json!({"entries": [{"key": "k", "value": null, "ttl": 5, "tags": ["x"], "depends_on": ["k"]}]})),
+        Just(
+            serde_json::json!({"entries": [{"key": "k", "value": null, "ttl": 5, "tags": ["x"], "depends_on": ["k"]}]})
+        ),
         Just(serde_json::json!({"count": 3, "predictions": {"k": 0.2}})),
         Just(serde_json::json!({"items": [{"key": "k", "priority": 0.5}]})),
         any::<i64>().prop_map(|n| serde_json::json!({"value": n, "ttl": n})),
-        "[ -~]{0,20}".prop_map(|s| serde_json::json!({"value": s, "tags": [s.clone()], "depends_on": [s.clone()], "keys": [s]})),
+        "[ -~]{0,20}"
+            .prop_map(|s| serde_json::json!({"value": s, "tags": [s.clone()], "depends_on": [s.clone()], "keys": [s]})),
     ]
     .prop_map(|value| serde_json::to_vec(&value).unwrap());
     prop_oneof![

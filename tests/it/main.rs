@@ -8,5 +8,7 @@ mod errors;
 mod fuzz;
 mod harness;
 mod invalidation;
+mod l2;
+mod multi;
 mod ops;
 mod process;

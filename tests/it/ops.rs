@@ -50,17 +50,11 @@ async fn health_and_ready() {
 #[tokio::test]
 async fn a_generated_instance_id_is_hostname_and_suffix() {
     let app = TestApp::spawn(|_| {}).await;
-    let id = app.get("/health").await.json()["instance_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.get("/health").await.json()["instance_id"].as_str().unwrap().to_string();
     let (host, suffix) = id.rsplit_once('-').unwrap();
     assert!(!host.is_empty() && suffix.len() == 8, "{id}");
     let other = TestApp::spawn(|_| {}).await;
-    assert_ne!(
-        other.get("/health").await.json()["instance_id"],
-        id.as_str()
-    );
+    assert_ne!(other.get("/health").await.json()["instance_id"], id.as_str());
 }
 
 #[tokio::test]
@@ -96,30 +90,16 @@ async fn json_metrics_have_every_field_and_count_correctly() {
 #[tokio::test]
 async fn prometheus_families_use_route_templates_never_keys() {
     let app = TestApp::spawn(|_| {}).await;
-    app.put(
-        "secret-key-name",
-        json!({"value": 1, "tags": ["secret-tag"]}),
-    )
-    .await
-    .assert_status(200);
-    app.get("/api/cache/secret-key-name")
-        .await
-        .assert_status(200);
+    app.put("secret-key-name", json!({"value": 1, "tags": ["secret-tag"]})).await.assert_status(200);
+    app.get("/api/cache/secret-key-name").await.assert_status(200);
     app.get("/api/cache/missing-key").await.assert_status(404);
     app.get("/unknown/route").await.assert_status(404);
 
     let response = app.get("/metrics").await;
     response.assert_status(200);
-    assert!(response
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+    assert!(response.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let text = response.text();
-    assert!(
-        !text.contains("secret-key-name")
-            && !text.contains("secret-tag")
-            && !text.contains("missing-key")
-    );
+    assert!(!text.contains("secret-key-name") && !text.contains("secret-tag") && !text.contains("missing-key"));
     assert!(!text.contains("/unknown/route"));
     for expected in [
         r#"tiercache_http_requests_total{method="PUT",route="/api/cache/{*key}",status="200"} 1"#,
@@ -136,19 +116,13 @@ async fn prometheus_families_use_route_templates_never_keys() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
-    assert!(
-        text.lines()
-            .any(|line| line.starts_with("tiercache_bytes ") && !line.ends_with(" 0")),
-        "{text}"
-    );
+    assert!(text.lines().any(|line| line.starts_with("tiercache_bytes ") && !line.ends_with(" 0")), "{text}");
 }
 
 #[tokio::test]
 async fn the_exposition_passes_promtool() {
     let Ok(promtool) = which("promtool") else {
-        eprintln!(
-            "promtool is not installed; scripts/test.sh installs it (Debian package prometheus)"
-        );
+        eprintln!("promtool is not installed; scripts/test.sh installs it (Debian package prometheus)");
         return;
     };
     let app = TestApp::spawn(|_| {}).await;
@@ -182,8 +156,5 @@ async fn metrics_disabled_means_404() {
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     let path = std::env::var_os("PATH").ok_or(())?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .ok_or(())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()).ok_or(())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{client, free_port, run_binary, RawConnection, ServiceProcess};
+use crate::harness::{client, free_port, run_binary, run_binary_for, RawConnection, ServiceProcess};
 
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -19,71 +19,42 @@ fn assert_config_error(args: &[&str], env: &[(&str, &str)], key: &str) {
     assert_eq!(status.code(), Some(2), "stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(
-        lines[0].starts_with(&format!("tiercache: config error: {key}: ")),
-        "{stderr:?}"
-    );
+    assert!(lines[0].starts_with(&format!("tiercache: config error: {key}: ")), "{stderr:?}");
 }
 
 #[test]
 fn bad_config_stops_start_up_with_one_line_naming_the_key() {
     let unknown = write_config("[l1]\nmax_entry = 5\n");
-    assert_config_error(
-        &["--config", unknown.path().to_str().unwrap()],
-        &[],
-        "l1.max_entry",
-    );
+    assert_config_error(&["--config", unknown.path().to_str().unwrap()], &[], "l1.max_entry");
     let unknown_section = write_config("[cache_stuff]\nx = 1\n");
-    assert_config_error(
-        &["--config", unknown_section.path().to_str().unwrap()],
-        &[],
-        "cache_stuff",
-    );
+    assert_config_error(&["--config", unknown_section.path().to_str().unwrap()], &[], "cache_stuff");
     let wrong_type = write_config("[l1]\nmax_entries = \"lots\"\n");
-    assert_config_error(
-        &["--config", wrong_type.path().to_str().unwrap()],
-        &[],
-        "l1.max_entries",
-    );
+    assert_config_error(&["--config", wrong_type.path().to_str().unwrap()], &[], "l1.max_entries");
     let zero = write_config("[l1]\nmax_entries = 0\n");
-    assert_config_error(
-        &["--config", zero.path().to_str().unwrap()],
-        &[],
-        "l1.max_entries",
-    );
+    assert_config_error(&["--config", zero.path().to_str().unwrap()], &[], "l1.max_entries");
     let listen = write_config("[server]\nlisten = \"not-an-address\"\n");
-    assert_config_error(
-        &["--config", listen.path().to_str().unwrap()],
-        &[],
-        "server.listen",
-    );
-    assert_config_error(
-        &[],
-        &[("TIERCACHE__L1__MAX_ENTRIES", "0")],
-        "l1.max_entries",
-    );
+    assert_config_error(&["--config", listen.path().to_str().unwrap()], &[], "server.listen");
+    assert_config_error(&[], &[("TIERCACHE__L1__MAX_ENTRIES", "0")], "l1.max_entries");
     assert_config_error(&[], &[("TIERCACHE__NOPE__KEY", "1")], "nope.key");
-    assert_config_error(
-        &[],
-        &[("CACHE_DEFAULT_TTL", "soon")],
-        "cache.default_ttl_secs",
-    );
-    assert_config_error(
-        &["--config", "/nonexistent/tiercache.toml"],
-        &[],
-        "--config",
-    );
+    assert_config_error(&[], &[("CACHE_DEFAULT_TTL", "soon")], "cache.default_ttl_secs");
+    assert_config_error(&["--config", "/nonexistent/tiercache.toml"], &[], "--config");
 }
 
 #[test]
 fn secrets_are_never_printed() {
-    let (_, stderr) = run_binary(
-        &[],
-        &[
-            ("REDIS_URL", "redis://:hunter2@127.0.0.1:1"),
-            ("REDIS_PASSWORD", "hunter2"),
-        ],
-    );
+    let (status, stderr) = run_binary(&[], &[("REDIS_URL", "http://:hunter2@127.0.0.1:1")]);
+    assert_eq!(status.code(), Some(2));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // A running service that cannot reach Redis, logging at debug, never prints the password.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("REDIS_PASSWORD", "hunter2"),
+        ("TIERCACHE__SERVER__LISTEN", listen.as_str()),
+        ("TIERCACHE__LOG__LEVEL", "debug"),
+    ];
+    let (_, stderr) = run_binary_for(&[], &env, Some(Duration::from_millis(1500)));
+    assert!(stderr.contains("l2 unreachable"), "the service ran and logged its L2 attempts: {stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
@@ -102,12 +73,7 @@ async fn port_alias_replaces_the_port_of_server_listen() {
     let client = client();
     let mut answered = false;
     for _ in 0..250 {
-        if client
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-        {
+        if client.get(&url).send().await.is_ok_and(|response| response.status() == 200) {
             answered = true;
             break;
         }
@@ -124,29 +90,17 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
     let addr = format!("127.0.0.1:{}", service.port).parse().unwrap();
     let body = br#"{"value":{"written":"during shutdown"}}"#;
     let mut in_flight = RawConnection::open(addr).await;
-    in_flight
-        .start_put("drained", body.len(), &body[..10])
-        .await;
+    in_flight.start_put("drained", body.len(), &body[..10]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     service.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New connections are refused while the in-flight request is still served.
-    assert!(
-        client()
-            .get(format!("{}/health", service.base))
-            .send()
-            .await
-            .is_err(),
-        "stopped accepting"
-    );
+    assert!(client().get(format!("{}/health", service.base)).send().await.is_err(), "stopped accepting");
     in_flight.send(&body[10..]).await;
     let (status, response) = in_flight.read_response().await;
     assert_eq!(status, 200, "{response}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&response).unwrap()["success"],
-        json!(true)
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&response).unwrap()["success"], json!(true));
     assert_eq!(service.wait_exit().await.code(), Some(0));
 }
 

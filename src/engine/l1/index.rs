@@ -21,16 +21,11 @@ pub(crate) struct VersionedIndex<N: Eq + Hash> {
 
 impl<N: Eq + Hash + Clone> VersionedIndex<N> {
     pub fn new() -> Self {
-        Self {
-            records: DashMap::new(),
-        }
+        Self { records: DashMap::new() }
     }
 
     pub fn add(&self, name: &N, key: &Key, version: u64) {
-        self.records
-            .entry(name.clone())
-            .or_default()
-            .insert(key.clone(), version);
+        self.records.entry(name.clone()).or_default().insert(key.clone(), version);
     }
 
     /// Removes `key` from `name` if the record still carries `version`.
@@ -45,8 +40,7 @@ impl<N: Eq + Hash + Clone> VersionedIndex<N> {
             None => false,
         };
         if emptied {
-            self.records
-                .remove_if(name, |_, members| members.is_empty());
+            self.records.remove_if(name, |_, members| members.is_empty());
         }
     }
 
@@ -58,12 +52,7 @@ impl<N: Eq + Hash + Clone> VersionedIndex<N> {
     {
         self.records
             .get(name)
-            .map(|members| {
-                members
-                    .iter()
-                    .map(|(key, version)| (key.clone(), *version))
-                    .collect()
-            })
+            .map(|members| members.iter().map(|(key, version)| (key.clone(), *version)).collect())
             .unwrap_or_default()
     }
 

@@ -14,7 +14,11 @@
 //!   Each path that takes an entry out (replace, remove, eviction, sweep, drain) calls `forget`
 //!   exactly once for it.
 //! - Writes of one key are serialized by a striped mutex (`write_locks`), so the index records
-//!   of two concurrent writes of a key cannot interleave. Removals need no stripe: they clean up
+//!   of two concurrent writes of a key cannot interleave.
+//! - Fills (copies read from L2) are inserted only if no write or removal touched the key's
+//!   stripe, and no clear happened, since the fill's token was taken before the L2 read: each
+//!   write and removal bumps its stripe's epoch, each clear bumps `clear_epoch`. A fill racing
+//!   an invalidation is dropped (a miss), never resurrected (stale). Removals need no stripe: they clean up
 //!   conditionally on the version they removed. No stripe lock is held across `.await` (L1 is
 //!   synchronous) and a stripe lock is never taken inside a quick_cache hook.
 //! - Knows nothing of Redis or HTTP.
@@ -23,7 +27,7 @@ mod index;
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
@@ -41,10 +45,21 @@ pub(crate) struct L1 {
     /// Serializes writes of one key (see the module invariants). Striped, not per key, so its
     /// memory does not grow with the key space.
     write_locks: Box<[Mutex<()>]>,
+    /// Per stripe: bumped by every write and removal of a key in it (see the fill invariant).
+    epochs: Box<[AtomicU64]>,
+    clear_epoch: AtomicU64,
     stripe_hasher: std::hash::RandomState,
     /// Largest weight one shard can hold; a bigger entry could never be admitted.
     shard_capacity: u64,
     weighter: EntryWeighter,
+}
+
+/// Proof that nothing changed a key between an L2 read and the fill of its result.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillToken {
+    stripe: usize,
+    epoch: u64,
+    clear_epoch: u64,
 }
 
 /// State the eviction hook shares with the cache's owner.
@@ -75,19 +90,15 @@ impl L1 {
             metrics,
         });
         let weighter = EntryWeighter { unit };
-        let cache = Cache::with_options(
-            options,
-            weighter,
-            DefaultHashBuilder::default(),
-            Hooks {
-                shared: shared.clone(),
-            },
-        );
+        let cache =
+            Cache::with_options(options, weighter, DefaultHashBuilder::default(), Hooks { shared: shared.clone() });
         let shard_capacity = cache.shard_capacity();
         Self {
             cache,
             shared,
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            epochs: (0..WRITE_LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            clear_epoch: AtomicU64::new(0),
             stripe_hasher: std::hash::RandomState::new(),
             shard_capacity,
             weighter,
@@ -112,24 +123,54 @@ impl L1 {
 
     /// Stores `entry` under `key`; returns the entry it replaced. The caller checked `fits`.
     pub fn insert(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        let stripe = self.stripe_hasher.hash_one(key) as usize % WRITE_LOCK_STRIPES;
-        let _write_guard = self.write_locks[stripe]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stripe = self.stripe_of(key.as_str());
+        let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.epochs[stripe].fetch_add(1, Ordering::AcqRel);
+        self.insert_locked(key, entry)
+    }
+
+    /// Taken before reading `key` from L2; [`L1::insert_fill`] honours it.
+    pub fn fill_token(&self, key: &str) -> FillToken {
+        let stripe = self.stripe_of(key);
+        FillToken {
+            stripe,
+            epoch: self.epochs[stripe].load(Ordering::Acquire),
+            clear_epoch: self.clear_epoch.load(Ordering::Acquire),
+        }
+    }
+
+    /// Stores a copy read from L2 unless the key was written, removed or cleared since `token`
+    /// was taken, or is resident already. Returns whether it was stored.
+    pub fn insert_fill(&self, key: &Key, entry: Arc<Entry>, token: FillToken) -> bool {
+        let _write_guard = self.write_locks[token.stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unchanged = self.epochs[token.stripe].load(Ordering::Acquire) == token.epoch
+            && self.clear_epoch.load(Ordering::Acquire) == token.clear_epoch;
+        if !unchanged || self.cache.peek(key.as_str()).is_some() {
+            return false;
+        }
+        self.insert_locked(key, entry);
+        true
+    }
+
+    fn stripe_of(&self, key: &str) -> usize {
+        self.stripe_hasher.hash_one(key) as usize % WRITE_LOCK_STRIPES
+    }
+
+    /// The insert itself; the caller holds the key's stripe lock.
+    fn insert_locked(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         for tag in entry.tags() {
             self.shared.tags.add(tag, key, entry.version());
         }
         for dependency in entry.depends_on() {
             self.shared.dependents.add(dependency, key, entry.version());
         }
-        self.shared
-            .bytes
-            .fetch_add(entry.size() as i64, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
 
         let mut evicted = Vec::new();
-        let replaced = match self.cache.entry(key, None, |_, resident| {
-            EntryAction::Retain(std::mem::replace(resident, entry.clone()))
-        }) {
+        let replaced = match self
+            .cache
+            .entry(key, None, |_, resident| EntryAction::Retain(std::mem::replace(resident, entry.clone())))
+        {
             EntryResult::Retained(old) => Some(old),
             EntryResult::Vacant(guard) => {
                 // The placeholder can only be lost to a concurrent insert of the same key, which
@@ -149,23 +190,19 @@ impl L1 {
         replaced
     }
 
-    /// Removes `key` whatever its version; returns the removed entry.
+    /// Removes `key` whatever its version; returns the removed entry. Pending fills of the key
+    /// are cancelled even when nothing was resident.
     pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Arc<Entry>> {
+        self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
         let (key, entry) = self.cache.remove(key)?;
         self.shared.forget(&key, &entry, reason);
         Some(entry)
     }
 
     /// Removes `key` only if its resident entry is `version`; returns the removed entry.
-    pub fn remove_version(
-        &self,
-        key: &str,
-        version: u64,
-        reason: EvictionReason,
-    ) -> Option<Arc<Entry>> {
-        let (key, entry) = self
-            .cache
-            .remove_if(key, |resident| resident.version() == version)?;
+    pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Arc<Entry>> {
+        self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
+        let (key, entry) = self.cache.remove_if(key, |resident| resident.version() == version)?;
         self.shared.forget(&key, &entry, reason);
         Some(entry)
     }
@@ -189,10 +226,10 @@ impl L1 {
 
     /// Removes every entry; returns how many.
     pub fn clear(&self) -> usize {
+        self.clear_epoch.fetch_add(1, Ordering::AcqRel);
         let mut n_removed = 0;
         for (key, entry) in self.cache.drain() {
-            self.shared
-                .forget(&key, &entry, EvictionReason::Invalidated);
+            self.shared.forget(&key, &entry, EvictionReason::Invalidated);
             n_removed += 1;
         }
         n_removed
@@ -200,11 +237,7 @@ impl L1 {
 
     /// Resident keys (with versions) that satisfy `predicate`.
     pub fn keys_where(&self, mut predicate: impl FnMut(&Key) -> bool) -> Vec<(Key, u64)> {
-        self.cache
-            .iter()
-            .filter(|(key, _)| predicate(key))
-            .map(|(key, entry)| (key, entry.version()))
-            .collect()
+        self.cache.iter().filter(|(key, _)| predicate(key)).map(|(key, entry)| (key, entry.version())).collect()
     }
 
     /// Keys carrying `tag`, with the version of the entry that carries it.
@@ -228,11 +261,7 @@ impl L1 {
             .cache
             .iter()
             .map(|(key, entry)| {
-                let reads = self
-                    .cache
-                    .item_stats(&key)
-                    .map(|stats| stats.access_count)
-                    .unwrap_or(0);
+                let reads = self.cache.item_stats(&key).map(|stats| stats.access_count).unwrap_or(0);
                 (reads, entry.cached_at_ms(), key, entry.version())
             })
             .collect();
@@ -242,10 +271,7 @@ impl L1 {
             ranked.truncate(count);
         }
         ranked.sort_by_key(|a| (a.0, a.1));
-        ranked
-            .into_iter()
-            .map(|(_, _, key, version)| (key, version))
-            .collect()
+        ranked.into_iter().map(|(_, _, key, version)| (key, version)).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -259,10 +285,7 @@ impl L1 {
     /// Sizes of the indexes: (tags with members, dependency records).
     #[cfg(test)]
     pub fn index_sizes(&self) -> (usize, usize) {
-        (
-            self.shared.tags.len(),
-            self.shared.dependents.record_count(),
-        )
+        (self.shared.tags.len(), self.shared.dependents.record_count())
     }
 }
 
@@ -319,16 +342,10 @@ impl Lifecycle<Key, Arc<Entry>> for Hooks {
 /// Shards: a power of two, at most 4 per core, and few enough that each shard holds at least
 /// 64 entries, so that small caches keep an exact, policy-wide eviction order.
 fn shard_count(max_entries: u64) -> usize {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let by_cores = (cores * 4).next_power_of_two();
     let by_size = (max_entries / 64).max(1);
-    let by_size = if by_size.is_power_of_two() {
-        by_size
-    } else {
-        by_size.next_power_of_two() / 2
-    };
+    let by_size = if by_size.is_power_of_two() { by_size } else { by_size.next_power_of_two() / 2 };
     by_cores.min(by_size as usize).max(1)
 }
 
@@ -342,35 +359,21 @@ mod tests {
     use super::*;
 
     fn l1(max_entries: usize, max_bytes: u64) -> L1 {
-        L1::new(
-            &L1Config {
-                max_entries: NonZeroUsize::new(max_entries).unwrap(),
-                max_bytes,
-            },
-            Arc::new(Metrics::new()),
-        )
+        L1::new(&L1Config { max_entries: NonZeroUsize::new(max_entries).unwrap(), max_bytes }, Arc::new(Metrics::new()))
     }
 
     fn key(raw: &str) -> Key {
         Key::parse(raw, 512).unwrap()
     }
 
-    fn entry(
-        key: &Key,
-        value_len: usize,
-        version: u64,
-        tags: &[&str],
-        deps: &[&str],
-    ) -> Arc<Entry> {
+    fn entry(key: &Key, value_len: usize, version: u64, tags: &[&str], deps: &[&str]) -> Arc<Entry> {
         Arc::new(Entry::new(
             key,
             Bytes::from(vec![b'1'; value_len]),
             0,
             Duration::from_secs(60),
             tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect(),
-            deps.iter()
-                .map(|dep| Key::parse(dep, 512).unwrap())
-                .collect(),
+            deps.iter().map(|dep| Key::parse(dep, 512).unwrap()).collect(),
             version,
         ))
     }
@@ -396,11 +399,7 @@ mod tests {
             cache.insert(&k, entry(&k, 4000, version, &["t"], &["dep"]));
             assert!(cache.bytes() <= 64 * 1024, "{}", cache.bytes());
         }
-        let resident: u64 = cache
-            .cache
-            .iter()
-            .map(|(_, entry)| entry.size() as u64)
-            .sum();
+        let resident: u64 = cache.cache.iter().map(|(_, entry)| entry.size() as u64).sum();
         assert_eq!(cache.bytes(), resident);
         // Every index record belongs to a resident entry.
         assert_eq!(cache.tagged("t").len(), cache.len());
@@ -430,13 +429,9 @@ mod tests {
         let k = key("k");
         cache.insert(&k, entry(&k, 10, 1, &["t"], &[]));
         cache.insert(&k, entry(&k, 10, 2, &["t"], &[]));
-        assert!(cache
-            .remove_version("k", 1, EvictionReason::Expired)
-            .is_none());
+        assert!(cache.remove_version("k", 1, EvictionReason::Expired).is_none());
         assert_eq!(cache.tagged("t"), vec![(k.clone(), 2)]);
-        assert!(cache
-            .remove_version("k", 2, EvictionReason::Expired)
-            .is_some());
+        assert!(cache.remove_version("k", 2, EvictionReason::Expired).is_some());
         assert!(cache.tagged("t").is_empty());
     }
 
@@ -474,16 +469,9 @@ mod tests {
         for idx in 0..256 {
             put(format!("scan{idx}"));
         }
-        let hot_left = (0..32)
-            .filter(|idx| cache.peek(&format!("hot{idx}")).is_some())
-            .count();
-        assert!(
-            hot_left >= 30,
-            "a scan must not flush the frequently read entries: {hot_left} of 32 left"
-        );
-        let scan_left = (0..256)
-            .filter(|idx| cache.peek(&format!("scan{idx}")).is_some())
-            .count();
+        let hot_left = (0..32).filter(|idx| cache.peek(&format!("hot{idx}")).is_some()).count();
+        assert!(hot_left >= 30, "a scan must not flush the frequently read entries: {hot_left} of 32 left");
+        let scan_left = (0..256).filter(|idx| cache.peek(&format!("scan{idx}")).is_some()).count();
         assert!(scan_left <= 34, "{scan_left}");
     }
 
@@ -497,11 +485,7 @@ mod tests {
         cache.get("a");
         cache.get("a");
         cache.get("c");
-        let names: Vec<String> = cache
-            .coldest(2)
-            .into_iter()
-            .map(|(key, _)| key.as_str().to_string())
-            .collect();
+        let names: Vec<String> = cache.coldest(2).into_iter().map(|(key, _)| key.as_str().to_string()).collect();
         assert_eq!(names, vec!["b", "c"]);
     }
 
@@ -528,17 +512,35 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_racing_a_removal_or_write_is_dropped() {
+        let cache = l1(100, 1 << 20);
+        let k = key("k");
+        let token = cache.fill_token("k");
+        cache.remove("k", EvictionReason::Invalidated); // Nothing resident: still cancels the fill.
+        assert!(!cache.insert_fill(&k, entry(&k, 10, 1, &[], &[]), token));
+        assert!(cache.peek("k").is_none());
+
+        let token = cache.fill_token("k");
+        cache.insert(&k, entry(&k, 10, 2, &[], &[]));
+        assert!(!cache.insert_fill(&k, entry(&k, 10, 3, &[], &[]), token));
+        assert_eq!(cache.peek("k").unwrap().version(), 2, "the write wins over the older fill");
+
+        let other = key("other");
+        let token = cache.fill_token("other");
+        cache.clear();
+        assert!(!cache.insert_fill(&other, entry(&other, 10, 4, &[], &[]), token));
+
+        let token = cache.fill_token("other");
+        assert!(cache.insert_fill(&other, entry(&other, 10, 5, &[], &[]), token));
+        assert_eq!(cache.peek("other").unwrap().version(), 5);
+    }
+
+    #[test]
     fn shard_count_is_a_bounded_power_of_two() {
         assert_eq!(shard_count(1), 1);
         assert_eq!(shard_count(100), 1);
         assert_eq!(shard_count(128), 2);
         assert!(shard_count(10_000).is_power_of_two());
-        assert!(
-            shard_count(10_000_000)
-                <= 4 * std::thread::available_parallelism()
-                    .unwrap()
-                    .get()
-                    .next_power_of_two()
-        );
+        assert!(shard_count(10_000_000) <= 4 * std::thread::available_parallelism().unwrap().get().next_power_of_two());
     }
 }

@@ -30,18 +30,11 @@ pub async fn invalidate(
     JsonBody(body): JsonBody<InvalidateBody>,
 ) -> Result<Response, ApiError> {
     if body.keys.is_none() && body.pattern.is_none() && body.tags.is_none() {
-        return Err(ApiError::bad_request(
-            "empty_invalidation",
-            "give at least one of keys, pattern or tags",
-        ));
+        return Err(ApiError::bad_request("empty_invalidation", "give at least one of keys, pattern or tags"));
     }
     let keys = parse_keys(&state, body.keys.unwrap_or_default())?;
-    let invalidation = Invalidation {
-        keys,
-        pattern: body.pattern,
-        tags: body.tags.unwrap_or_default(),
-    };
-    let invalidated = state.engine.invalidate(&invalidation);
+    let invalidation = Invalidation { keys, pattern: body.pattern, tags: body.tags.unwrap_or_default() };
+    let invalidated = state.engine.invalidate(&invalidation).await?;
     Ok(Json(json!({ "success": true, "invalidated": invalidated })).into_response())
 }
 
@@ -55,15 +48,14 @@ pub async fn batch_get(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<BatchGetBody>,
 ) -> Result<Response, ApiError> {
-    let keys = parse_keys(&state, body.keys)?;
+    let mut keys = parse_keys(&state, body.keys)?;
     let mut seen = HashSet::with_capacity(keys.len());
+    keys.retain(|key| seen.insert(key.clone()));
+    let hits = state.engine.get_many(&keys).await;
     let mut found = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
-    for key in keys {
-        if !seen.insert(key.clone()) {
-            continue;
-        }
-        match state.engine.get(key.as_str()) {
+    for (key, hit) in keys.into_iter().zip(hits) {
+        match hit {
             Some(hit) => found.push((key, hit)),
             None => missing.push(key),
         }
@@ -96,16 +88,10 @@ pub async fn batch_set(
     let mut writes: Vec<ValidWrite> = Vec::with_capacity(body.entries.len());
     for (idx, entry) in body.entries.into_iter().enumerate() {
         let at = |err: ApiError| prefix_error(err, idx);
-        let key = state
-            .engine
-            .parse_key(&entry.key)
-            .map_err(|err| at(err.into()))?;
-        let value = entry.value.ok_or_else(|| {
-            at(ApiError::bad_request(
-                "missing_value",
-                "the entry must have a value field",
-            ))
-        })?;
+        let key = state.engine.parse_key(&entry.key).map_err(|err| at(err.into()))?;
+        let value = entry
+            .value
+            .ok_or_else(|| at(ApiError::bad_request("missing_value", "the entry must have a value field")))?;
         let write = state
             .engine
             .validate(WriteRequest {
@@ -119,9 +105,7 @@ pub async fn batch_set(
         writes.push(write);
     }
     let stored = writes.len();
-    for write in writes {
-        state.engine.set(write);
-    }
+    state.engine.set_many(writes).await?;
     Ok(Json(json!({ "success": true, "stored": stored })).into_response())
 }
 
@@ -132,10 +116,7 @@ pub struct EvictBody {
     predictions: Option<HashMap<String, f64>>,
 }
 
-pub async fn evict(
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody<EvictBody>,
-) -> Result<Response, ApiError> {
+pub async fn evict(State(state): State<AppState>, JsonBody(body): JsonBody<EvictBody>) -> Result<Response, ApiError> {
     let predictions = match body.predictions {
         None => None,
         Some(raw) => {
@@ -157,15 +138,13 @@ pub async fn evict(
     Ok(Json(json!({ "evicted": keys.len(), "keys": keys })).into_response())
 }
 
-pub async fn clear(State(state): State<AppState>) -> Response {
-    let cleared = state.engine.clear();
-    Json(json!({ "cleared": cleared })).into_response()
+pub async fn clear(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let cleared = state.engine.clear().await?;
+    Ok(Json(json!({ "cleared": cleared })).into_response())
 }
 
 fn parse_keys(state: &AppState, raw: Vec<String>) -> Result<Vec<Key>, ApiError> {
-    raw.iter()
-        .map(|key| state.engine.parse_key(key).map_err(ApiError::from))
-        .collect()
+    raw.iter().map(|key| state.engine.parse_key(key).map_err(ApiError::from)).collect()
 }
 
 /// Says which batch entry an error is about.

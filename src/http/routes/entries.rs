@@ -17,12 +17,8 @@ use crate::http::extract::{JsonBody, KeyPath};
 use crate::http::render;
 use crate::http::AppState;
 
-pub async fn get(
-    State(state): State<AppState>,
-    KeyPath(key): KeyPath,
-    headers: HeaderMap,
-) -> Response {
-    match state.engine.get(key.as_str()) {
+pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> Response {
+    match state.engine.get(&key).await {
         Some(hit) => render::hit(&key, &hit, state.engine.clock().now_ms(), &headers),
         None => render::miss(&key),
     }
@@ -45,19 +41,10 @@ pub async fn put(
     KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
-    if body
-        .key
-        .as_deref()
-        .is_some_and(|body_key| body_key != key.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "key_mismatch",
-            "the body's key must equal the key in the path",
-        ));
+    if body.key.as_deref().is_some_and(|body_key| body_key != key.as_str()) {
+        return Err(ApiError::bad_request("key_mismatch", "the body's key must equal the key in the path"));
     }
-    let value = body.value.ok_or_else(|| {
-        ApiError::bad_request("missing_value", "the body must have a value field")
-    })?;
+    let value = body.value.ok_or_else(|| ApiError::bad_request("missing_value", "the body must have a value field"))?;
     let write = state.engine.validate(WriteRequest {
         key,
         value: Bytes::copy_from_slice(value.get().as_bytes()),
@@ -66,19 +53,19 @@ pub async fn put(
         depends_on: body.depends_on.unwrap_or_default(),
     })?;
     let key = write.key().clone();
-    let outcome = state.engine.set(write);
+    let outcome = state.engine.set(write).await?;
     Ok(Json(json!({
         "success": true,
         "key": key.as_str(),
         "expires_at": rfc3339(outcome.expires_at_ms),
-        "l2": "disabled",
+        "l2": outcome.l2.as_str(),
     }))
     .into_response())
 }
 
-pub async fn delete(State(state): State<AppState>, KeyPath(key): KeyPath) -> Response {
-    let outcome = state.engine.delete(&key);
-    Json(json!({ "deleted": outcome.deleted, "invalidated": outcome.invalidated })).into_response()
+pub async fn delete(State(state): State<AppState>, KeyPath(key): KeyPath) -> Result<Response, ApiError> {
+    let outcome = state.engine.delete(&key).await?;
+    Ok(Json(json!({ "deleted": outcome.deleted, "invalidated": outcome.invalidated })).into_response())
 }
 
 /// `/api/cache/` names the empty key, which is never valid.

@@ -15,7 +15,7 @@ use crate::http::AppState;
 pub async fn health(State(state): State<AppState>) -> Response {
     Json(json!({
         "status": "ok",
-        "l2": "disabled",
+        "l2": state.engine.l2_status().as_str(),
         "instance_id": state.instance_id,
         "uptime_secs": state.started.elapsed().as_secs(),
     }))
@@ -35,11 +35,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
 pub async fn metrics_json(State(state): State<AppState>) -> Response {
     let stats = state.engine.stats();
     let lookups = stats.hits + stats.misses;
-    let hit_rate = if lookups == 0 {
-        0.0
-    } else {
-        stats.hits as f64 / lookups as f64
-    };
+    let hit_rate = if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 };
     Json(json!({
         "hits": stats.hits,
         "misses": stats.misses,
@@ -51,20 +47,20 @@ pub async fn metrics_json(State(state): State<AppState>) -> Response {
         "l1_size": stats.l1_size,
         "l1_bytes": stats.l1_bytes,
         "l2_hits": stats.l2_hits,
-        "l2_misses": 0,
-        "l2_errors": 0,
-        "l2_status": "disabled",
+        "l2_misses": stats.l2_misses,
+        "l2_errors": stats.l2_errors,
+        "l2_status": state.engine.l2_status().as_str(),
         "origin_fetches": 0,
         "origin_errors": 0,
         "coalesced": 0,
         "stale_served": 0,
-        "invalidations_published": 0,
-        "invalidations_received": 0,
-        "invalidations_malformed": 0,
+        "invalidations_published": stats.invalidations_published,
+        "invalidations_received": stats.invalidations_received,
+        "invalidations_malformed": stats.invalidations_malformed,
         "prefetch_requests": 0,
         "prefetch_hits": 0,
         "prefetch_queue_size": 0,
-        "compression_ratio": 1.0,
+        "compression_ratio": stats.compression_ratio,
         "snapshot_last_success": null,
         "uptime_secs": state.started.elapsed().as_secs(),
         "instance_id": state.instance_id,
@@ -79,10 +75,9 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
     }
     state.engine.refresh_gauges();
     let mut response = state.metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 

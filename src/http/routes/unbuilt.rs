@@ -31,24 +31,15 @@ pub async fn prefetch_queue(
 ) -> Result<Response, ApiError> {
     for (idx, item) in body.items.iter().enumerate() {
         let at = |err: ApiError| err.with_context(&format!("items[{idx}]"));
-        state
-            .engine
-            .parse_key(&item.key)
-            .map_err(|err| at(err.into()))?;
+        state.engine.parse_key(&item.key).map_err(|err| at(err.into()))?;
         match item.priority {
             Some(priority) if (0.0..=1.0).contains(&priority) => {}
             _ => {
-                return Err(at(ApiError::bad_request(
-                    "invalid_priority",
-                    "priority is required and must be in 0..=1",
-                )))
+                return Err(at(ApiError::bad_request("invalid_priority", "priority is required and must be in 0..=1")))
             }
         }
     }
-    Err(ApiError::not_configured(
-        "origin_not_configured",
-        "prefetch needs an origin (origin.url)",
-    ))
+    Err(ApiError::not_configured("origin_not_configured", "prefetch needs an origin (origin.url)"))
 }
 
 pub async fn prefetch_list() -> Response {
@@ -56,10 +47,7 @@ pub async fn prefetch_list() -> Response {
 }
 
 pub async fn warm_start() -> ApiError {
-    ApiError::not_configured(
-        "warm_not_configured",
-        "no warm source is configured (warm.url, warm.keys)",
-    )
+    ApiError::not_configured("warm_not_configured", "no warm source is configured (warm.url, warm.keys)")
 }
 
 pub async fn warm_status() -> Response {
@@ -75,8 +63,5 @@ pub async fn warm_status() -> Response {
 }
 
 pub async fn snapshot() -> ApiError {
-    ApiError::not_configured(
-        "persistence_disabled",
-        "persistence is off (persistence.path)",
-    )
+    ApiError::not_configured("persistence_disabled", "persistence is off (persistence.path)")
 }

@@ -33,11 +33,7 @@ impl TestApp {
         checked.validate().expect("test settings are valid");
         let app = App::start(settings).await.expect("the app starts");
         let base = format!("http://{}", app.local_addr());
-        TestApp {
-            app: Some(app),
-            base,
-            client: client(),
-        }
+        TestApp { app: Some(app), base, client: client() }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -49,22 +45,15 @@ impl TestApp {
     }
 
     pub async fn get_with(&self, path: &str, header: &str, value: &str) -> TestResponse {
-        self.send(self.client.get(self.url(path)).header(header, value))
-            .await
+        self.send(self.client.get(self.url(path)).header(header, value)).await
     }
 
     pub async fn put(&self, key: &str, body: Value) -> TestResponse {
-        self.send(
-            self.client
-                .put(self.url(&format!("/api/cache/{key}")))
-                .json(&body),
-        )
-        .await
+        self.send(self.client.put(self.url(&format!("/api/cache/{key}"))).json(&body)).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> TestResponse {
-        self.send(self.client.post(self.url(path)).json(&body))
-            .await
+        self.send(self.client.post(self.url(path)).json(&body)).await
     }
 
     pub async fn delete(&self, path: &str) -> TestResponse {
@@ -72,13 +61,7 @@ impl TestApp {
     }
 
     /// A request with any method, raw body bytes and an optional content type.
-    pub async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> TestResponse {
+    pub async fn raw(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> TestResponse {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut request = self.client.request(method, self.url(path)).body(body);
         if let Some(content_type) = content_type {
@@ -92,13 +75,7 @@ impl TestApp {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> TestResponse {
-        TestResponse::from(
-            request
-                .send()
-                .await
-                .expect("request reaches the test server"),
-        )
-        .await
+        TestResponse::from(request.send().await.expect("request reaches the test server")).await
     }
 
     /// Stops the instance the way a signal would.
@@ -129,16 +106,11 @@ impl TestResponse {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.expect("body is readable").to_vec();
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+        TestResponse { status, headers, body }
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.text()))
     }
 
     pub fn text(&self) -> String {
@@ -146,19 +118,12 @@ impl TestResponse {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|value| value.to_str().expect("ASCII header").to_string())
+        self.headers.get(name).map(|value| value.to_str().expect("ASCII header").to_string())
     }
 
     #[track_caller]
     pub fn assert_status(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status,
-            status,
-            "unexpected status; body: {}",
-            self.text()
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text());
         self
     }
 
@@ -166,28 +131,16 @@ impl TestResponse {
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
         self.assert_status(status);
-        assert_eq!(
-            self.header("content-type").as_deref(),
-            Some("application/json")
-        );
+        assert_eq!(self.header("content-type").as_deref(), Some("application/json"));
         let body = self.json();
         assert_eq!(body["error"]["code"], code, "body: {body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "body: {body}"
-        );
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
         assert_eq!(body.as_object().map(|o| o.len()), Some(1), "body: {body}");
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(DEADLINE)
-        .build()
-        .expect("a reqwest client")
+    reqwest::Client::builder().no_proxy().timeout(DEADLINE).build().expect("a reqwest client")
 }
 
 /// Polls `check` until it returns true; fails after [`DEADLINE`].
@@ -208,11 +161,7 @@ where
 
 /// A free loopback port: bound, read and released.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
 }
 
 /// The real `tiercache` binary as a child process, killed on drop.
@@ -238,11 +187,7 @@ impl ServiceProcess {
             command.env(name, value);
         }
         let child = command.spawn().expect("the binary starts");
-        let process = ServiceProcess {
-            child: Some(child),
-            port,
-            base: format!("http://127.0.0.1:{port}"),
-        };
+        let process = ServiceProcess { child: Some(child), port, base: format!("http://127.0.0.1:{port}") };
         let health = format!("{}/health", process.base);
         let client = client();
         eventually("the service answers /health", || {
@@ -255,11 +200,7 @@ impl ServiceProcess {
 
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill runs");
         assert!(status.success());
     }
 
@@ -267,20 +208,11 @@ impl ServiceProcess {
     pub async fn wait_exit(&mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .expect("running")
-                .try_wait()
-                .expect("try_wait")
-            {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
                 self.child = None;
                 return status;
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "the process did not exit within {DEADLINE:?}"
-            );
+            assert!(started.elapsed() < DEADLINE, "the process did not exit within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -297,6 +229,12 @@ impl Drop for ServiceProcess {
 
 /// Runs the binary to completion with `args` and `env` (for start-up failures); bounded.
 pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    run_binary_for(args, env, None)
+}
+
+/// Runs the binary for at most `run_for` (then stops it with SIGTERM), or to completion within
+/// [`DEADLINE`] when `run_for` is `None`; returns its exit status and stderr.
+pub fn run_binary_for(args: &[&str], env: &[(&str, &str)], run_for: Option<Duration>) -> (ExitStatus, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tiercache"));
     command
         .env_clear()
@@ -314,6 +252,10 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
+        if run_for.is_some_and(|run_for| started.elapsed() > run_for) {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            break child.wait().expect("wait");
+        }
         if started.elapsed() > DEADLINE {
             let _ = child.kill();
             let _ = child.wait();
@@ -322,8 +264,7 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)
-        .expect("stderr");
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
     (status, stderr)
 }
 
@@ -353,10 +294,7 @@ impl RawConnection {
 
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        self.stream
-            .write_all(bytes)
-            .await
-            .expect("write to the server");
+        self.stream.write_all(bytes).await.expect("write to the server");
     }
 
     /// Reads one response and returns its status and body (needs `Content-Length`).
@@ -366,11 +304,7 @@ impl RawConnection {
         let read = async {
             loop {
                 let mut chunk = [0u8; 4096];
-                let n = self
-                    .stream
-                    .read(&mut chunk)
-                    .await
-                    .expect("read from the server");
+                let n = self.stream.read(&mut chunk).await.expect("read from the server");
                 if n == 0 {
                     break;
                 }
@@ -388,25 +322,141 @@ impl RawConnection {
                 }
             }
         };
-        tokio::time::timeout(DEADLINE, read)
-            .await
-            .expect("a response in time");
+        tokio::time::timeout(DEADLINE, read).await.expect("a response in time");
         let text = String::from_utf8_lossy(&buffer).into_owned();
         let status = text
             .split(' ')
             .nth(1)
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {text:?}"));
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default();
+        let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
         (status, body)
     }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir") };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain client for the test to look at or change what is stored.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url()).expect("valid url").get_connection().expect("redis answers")
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients, as in a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open and nothing
+    /// answers, the blackhole a crash test misses.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("redis-server answers PING", || {
+            let url = url.clone();
+            async move {
+                redis::Client::open(url)
+                    .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+                    .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestApp {
+    /// An instance using `redis` as L2, with a fast breaker so outage tests stay short, and a
+    /// timeout generous enough for a loaded 2-core machine running tests in parallel.
+    pub async fn spawn_with_redis(redis: &RedisServer, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let url = redis.url();
+        let app = TestApp::spawn(move |settings| {
+            settings.l2.url = tiercache::config::Secret(url);
+            settings.l2.breaker_failures = 2;
+            settings.l2.breaker_open_secs = 1;
+            settings.l2.timeout_ms = 1000;
+            configure(settings);
+        })
+        .await;
+        app.wait_for_l2("up").await;
+        app.wait_subscribed(redis).await;
+        app
+    }
+
+    /// Publishes probe messages until the instance has received one, so a test's own messages
+    /// cannot be lost to a subscription still being set up. Counts one received message.
+    pub async fn wait_subscribed(&self, redis: &RedisServer) {
+        let mut connection = redis.client();
+        eventually("the instance receives invalidation messages", || {
+            let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg("tiercache:invalidation")
+                .arg(r#"{"type":"EVICT","keys":["__probe__"]}"#)
+                .query(&mut connection);
+            async { self.metric("invalidations_received").await.as_u64().unwrap_or(0) > 0 }
+        })
+        .await;
+    }
+
+    /// Waits until `/health` reports `l2` in `state`.
+    pub async fn wait_for_l2(&self, state: &str) {
+        eventually(&format!("/health says l2 is {state}"), || async {
+            self.get("/health").await.json()["l2"] == state
+        })
+        .await;
+    }
+
+    pub async fn metric(&self, name: &str) -> Value {
+        self.get("/api/cache/metrics").await.json()[name].clone()
+    }
 }

@@ -1,0 +1,543 @@
+//! L2: Redis (or Redis Cluster), shared by every instance.
+//!
+//! Key layout under `l2.key_prefix` (default `tiercache:`), one namespace letter each, so no
+//! cache key can collide with an index:
+//! - `{prefix}k:{key}`  the entry, an [`Envelope`]; its Redis TTL is the entry's TTL.
+//! - `{prefix}t:{tag}`  set of keys written with that tag.
+//! - `{prefix}d:{key}`  set of keys whose `depends_on` holds `key`.
+//!
+//! Index sets get a TTL at least as long as their longest-lived member (EXPIRE NX, then GT),
+//! so they cannot grow forever. Index records are written *before* the entry, so every entry in
+//! L2 is reachable from its tag and dependency sets; a record can outlive its entry's tag (the
+//! key was rewritten without it), so removal through a set first reads the members' envelopes
+//! and removes only those that still carry the tag or dependency.
+//!
+//! Every call is bounded by `l2.timeout_ms` and goes through the [`Breaker`]. Knows nothing of
+//! HTTP or of L1.
+
+mod breaker;
+pub mod envelope;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use self::breaker::{Breaker, Transition};
+pub use self::envelope::{Compression, Envelope};
+use crate::metrics::Metrics;
+
+/// How to reach Redis: one server (URL) or a cluster (seed nodes).
+#[derive(Clone)]
+pub enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for Target {
+    /// URLs may carry a password: print only the shape.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Single(_) => f.write_str("Single(***)"),
+            Target::Cluster(nodes) => write!(f, "Cluster({} nodes)", nodes.len()),
+        }
+    }
+}
+
+/// The L2 part of the settings.
+#[derive(Debug, Clone)]
+pub struct L2Config {
+    pub target: Target,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+    pub compression: Compression,
+    pub max_value_bytes: usize,
+}
+
+/// Why an L2 call did not happen or did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum L2Error {
+    #[error("l2 is not connected")]
+    NotConnected,
+    #[error("l2 circuit breaker is open")]
+    BreakerOpen,
+    #[error("l2 call timed out")]
+    Timeout,
+    #[error("l2 error: {0}")]
+    Redis(String),
+}
+
+/// The shape of `/health`'s `l2` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Status {
+    Up,
+    Down,
+}
+
+pub(crate) struct L2 {
+    config: L2Config,
+    /// The data connection once established; cloned out for each call (both kinds are cheap
+    /// handles). A std lock: held only to clone, never across `.await`.
+    connection: RwLock<Option<Connection>>,
+    breaker: Breaker,
+    /// Set by the breaker opening, read by the subscriber: messages may have been missed.
+    outage_seen: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl L2 {
+    pub fn new(config: L2Config, metrics: Arc<Metrics>) -> Self {
+        Self {
+            breaker: Breaker::new(config.breaker_failures, config.breaker_open_for),
+            config,
+            connection: RwLock::new(None),
+            outage_seen: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn config(&self) -> &L2Config {
+        &self.config
+    }
+
+    /// Opens the data connection once. The connector task retries this with backoff.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached or the URL is unusable.
+    pub async fn connect(&self) -> Result<(), L2Error> {
+        let connection = open_connection(&self.config).await?;
+        *self.connection.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection);
+        self.breaker.record_success();
+        self.metrics.l2_up.set(1);
+        Ok(())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+    }
+
+    pub fn status(&self) -> L2Status {
+        if self.is_connected() && self.breaker.is_closed() {
+            L2Status::Up
+        } else {
+            L2Status::Down
+        }
+    }
+
+    /// Whether an outage happened since the last call (and forgets it).
+    pub fn take_outage_seen(&self) -> bool {
+        self.outage_seen.swap(false, Ordering::AcqRel)
+    }
+
+    /// The redis key of an entry.
+    pub fn entry_key(&self, key: &str) -> String {
+        format!("{}k:{key}", self.config.key_prefix)
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.config.key_prefix)
+    }
+
+    fn dependents_key(&self, key: &str) -> String {
+        format!("{}d:{key}", self.config.key_prefix)
+    }
+
+    /// The entry under `key`, if L2 holds a well-formed one. A malformed value is counted in
+    /// `l2_errors` and is a miss.
+    pub async fn get(&self, key: &str) -> Result<Option<Envelope>, L2Error> {
+        let raw: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(self.entry_key(key))).await?;
+        Ok(raw.and_then(|bytes| self.decode(&bytes)))
+    }
+
+    /// The entries under `keys`, in order (one MGET; the cluster client splits it by slot).
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Envelope>>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for key in keys {
+            cmd.arg(self.entry_key(key));
+        }
+        let raw: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
+        Ok(raw.into_iter().map(|bytes| bytes.and_then(|bytes| self.decode(&bytes))).collect())
+    }
+
+    /// Stores entries: one pipeline of index records (when there are any), then one of entries.
+    pub async fn set_many(&self, entries: &[(&str, &Envelope, Duration)]) -> Result<(), L2Error> {
+        let mut index = redis::pipe();
+        let mut has_index = false;
+        for (key, envelope, ttl) in entries {
+            let ttl_secs = ttl.as_secs().max(1);
+            let names = envelope.tags.iter().map(|tag| self.tag_key(tag));
+            let deps = envelope.depends_on.iter().map(|dep| self.dependents_key(dep));
+            for set_key in names.chain(deps) {
+                has_index = true;
+                index.cmd("SADD").arg(&set_key).arg(*key).ignore();
+                index.cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("NX").ignore();
+                index.cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("GT").ignore();
+            }
+        }
+        if has_index {
+            self.query_pipeline::<()>(&index).await?;
+        }
+        let mut writes = redis::pipe();
+        for (key, envelope, ttl) in entries {
+            let encoded = envelope.encode(self.config.compression);
+            if let Some((original, stored)) = encoded.compressed {
+                self.metrics.record_compression(original, stored);
+            }
+            let ttl_ms = (ttl.as_millis() as u64).max(1);
+            writes.cmd("SET").arg(self.entry_key(key)).arg(encoded.bytes).arg("PX").arg(ttl_ms).ignore();
+        }
+        self.query_pipeline::<()>(&writes).await
+    }
+
+    /// Removes entries; says for each whether it existed (one pipeline).
+    pub async fn remove_each(&self, keys: &[&str]) -> Result<Vec<bool>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("UNLINK").arg(self.entry_key(key));
+        }
+        let counts: Vec<usize> = self.query_pipeline(&pipeline).await?;
+        Ok(counts.into_iter().map(|count| count > 0).collect())
+    }
+
+    /// Keys recorded under `tag` whose entry still carries it; stale records are removed.
+    pub async fn tagged(&self, tag: &str) -> Result<Vec<String>, L2Error> {
+        self.verified_members(&[(self.tag_key(tag), tag)], |envelope, tag| envelope.tags.iter().any(|t| t == tag)).await
+    }
+
+    /// Keys whose entry still declares a dependency on any of `keys`; stale records are
+    /// removed. Three round trips at most, whatever the number of keys.
+    pub async fn dependents_of_each(&self, keys: &[&str]) -> Result<Vec<String>, L2Error> {
+        let sets: Vec<(String, &str)> = keys.iter().map(|key| (self.dependents_key(key), *key)).collect();
+        self.verified_members(&sets, |envelope, key| envelope.depends_on.iter().any(|dep| dep == key)).await
+    }
+
+    /// Members of each `(set, name)` whose envelope still `holds` the name. A record whose
+    /// entry is gone or no longer holds the name is removed from its set.
+    async fn verified_members(
+        &self,
+        sets: &[(String, &str)],
+        holds: impl Fn(&Envelope, &str) -> bool,
+    ) -> Result<Vec<String>, L2Error> {
+        if sets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut smembers = redis::pipe();
+        for (set_key, _) in sets {
+            smembers.cmd("SMEMBERS").arg(set_key);
+        }
+        let members: Vec<Vec<String>> = self.query_pipeline(&smembers).await?;
+        let all: Vec<&str> = members.iter().flatten().map(String::as_str).collect();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut envelopes = self.get_many(&all).await?.into_iter();
+        let mut holding = Vec::new();
+        let mut stale = redis::pipe();
+        let mut has_stale = false;
+        for ((set_key, name), set_members) in sets.iter().zip(&members) {
+            for member in set_members {
+                match envelopes.next().flatten() {
+                    Some(envelope) if holds(&envelope, name) => holding.push(member.clone()),
+                    _ => {
+                        stale.cmd("SREM").arg(set_key).arg(member).ignore();
+                        has_stale = true;
+                    }
+                }
+            }
+        }
+        if has_stale {
+            self.query_pipeline::<()>(&stale).await?;
+        }
+        holding.sort_unstable();
+        holding.dedup();
+        Ok(holding)
+    }
+
+    /// Every key whose name matches `pattern` (Redis glob), by SCAN in batches.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, L2Error> {
+        let prefix = self.entry_key("");
+        let match_pattern = format!("{}{pattern}", escape_glob(&prefix));
+        let mut found = Vec::new();
+        for node in self.scan_targets().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor).arg("MATCH").arg(&match_pattern).arg("COUNT").arg(1000);
+                let (next, keys): (u64, Vec<String>) = self.query_on(&cmd, node.as_ref()).await?;
+                found
+                    .extend(keys.into_iter().filter_map(|redis_key| redis_key.strip_prefix(&prefix).map(String::from)));
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Removes every entry and index under the prefix; returns how many entries there were.
+    pub async fn clear(&self) -> Result<usize, L2Error> {
+        let all = format!("{}*", escape_glob(&self.config.key_prefix));
+        let entry_prefix = self.entry_key("");
+        let mut n_entries = 0;
+        for node in self.scan_targets().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor).arg("MATCH").arg(&all).arg("COUNT").arg(1000);
+                let (next, keys): (u64, Vec<String>) = self.query_on(&cmd, node.as_ref()).await?;
+                if !keys.is_empty() {
+                    let removed: usize = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                    let entries = keys.iter().filter(|key| key.starts_with(&entry_prefix)).count();
+                    n_entries += entries.min(removed);
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(n_entries)
+    }
+
+    /// Publishes `message` on `channel`.
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), L2Error> {
+        self.query::<()>(redis::cmd("PUBLISH").arg(channel).arg(message)).await
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<Envelope> {
+        match Envelope::decode(bytes, self.config.max_value_bytes) {
+            Ok(envelope) => Some(envelope),
+            Err(err) => {
+                self.metrics.l2_errors.inc();
+                tracing::warn!(%err, "malformed value in l2, treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// The nodes a SCAN must visit: `None` (the one server) or every cluster master.
+    async fn scan_targets(&self) -> Result<Vec<Option<(String, u16)>>, L2Error> {
+        if matches!(self.config.target, Target::Single(_)) {
+            return Ok(vec![None]);
+        }
+        let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES").clone()).await?;
+        let masters = nodes
+            .lines()
+            .filter(|line| {
+                line.split(' ').nth(2).is_some_and(|flags| flags.contains("master") && !flags.contains("fail"))
+            })
+            .filter_map(|line| {
+                let address = line.split(' ').nth(1)?.split('@').next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                Some(Some((host.to_string(), port.parse().ok()?)))
+            })
+            .collect();
+        Ok(masters)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, L2Error> {
+        self.query_on(cmd, None).await
+    }
+
+    /// Runs one command, on a given cluster node when `node` is set.
+    async fn query_on<T: redis::FromRedisValue>(&self, cmd: &Cmd, node: Option<&(String, u16)>) -> Result<T, L2Error> {
+        let mut connection = self.checked_out()?;
+        let call = async {
+            match (node, &mut connection) {
+                (Some((host, port)), Connection::Cluster(cluster)) => {
+                    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                    let value = cluster.route_command(cmd.clone(), routing).await?;
+                    T::from_redis_value(value).map_err(redis::RedisError::from)
+                }
+                _ => cmd.query_async(&mut connection).await,
+            }
+        };
+        self.finish(tokio::time::timeout(self.config.timeout, call).await)
+    }
+
+    async fn query_pipeline<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, L2Error> {
+        let mut connection = self.checked_out()?;
+        let call = pipeline.query_async::<T>(&mut connection);
+        self.finish(tokio::time::timeout(self.config.timeout, call).await)
+    }
+
+    /// A connection for one call, unless there is none yet or the breaker is open. The
+    /// connection is checked first, so a half-open probe is only handed out to a real call.
+    fn checked_out(&self) -> Result<Connection, L2Error> {
+        let connection = self.connection.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(connection) = connection else { return Err(L2Error::NotConnected) };
+        if !self.breaker.allow(Instant::now()) {
+            return Err(L2Error::BreakerOpen);
+        }
+        Ok(connection)
+    }
+
+    /// A cheap round trip, so the breaker and `/health` notice an outage without traffic.
+    pub async fn ping(&self) -> Result<(), L2Error> {
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
+    }
+
+    fn finish<T>(&self, outcome: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>) -> Result<T, L2Error> {
+        let error = match outcome {
+            Ok(Ok(value)) => {
+                if self.breaker.record_success() == Some(Transition::Closed) {
+                    tracing::info!("l2 is up again: circuit breaker closed");
+                    self.metrics.l2_up.set(1);
+                }
+                return Ok(value);
+            }
+            Ok(Err(err)) if is_reply_error(&err) => {
+                // Redis answered: the connection is fine, the command was not.
+                self.metrics.l2_errors.inc();
+                return Err(L2Error::Redis(err.to_string()));
+            }
+            Ok(Err(err)) => L2Error::Redis(err.to_string()),
+            Err(_) => L2Error::Timeout,
+        };
+        self.metrics.l2_errors.inc();
+        if self.breaker.record_failure(Instant::now()) == Some(Transition::Opened) {
+            tracing::info!(failures = self.config.breaker_failures, "l2 is down: circuit breaker opened");
+            self.metrics.l2_up.set(0);
+            self.outage_seen.store(true, Ordering::Release);
+        }
+        Err(error)
+    }
+}
+
+/// A server-side error reply (WRONGTYPE, syntax...): not a sign that Redis is unreachable.
+fn is_reply_error(err: &redis::RedisError) -> bool {
+    !(err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal())
+        && err.kind() != redis::ErrorKind::Io
+}
+
+/// Escapes the glob specials of Redis `MATCH` so `text` matches itself.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(ch);
+    }
+    escaped
+}
+
+/// One data connection of either kind. Both are cheap, clonable handles that multiplex
+/// commands and reconnect by themselves after the first successful connect.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+async fn open_connection(config: &L2Config) -> Result<Connection, L2Error> {
+    let to_error = |err: redis::RedisError| L2Error::Redis(err.to_string());
+    let connect = async {
+        match &config.target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(to_error)?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
+                    .set_response_timeout(Some(config.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                let manager = ConnectionManager::new_with_config(client, manager_config).await.map_err(to_error)?;
+                Ok(Connection::Single(manager))
+            }
+            Target::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(config.timeout.max(Duration::from_millis(500)))
+                    .response_timeout(config.timeout)
+                    .build()
+                    .map_err(to_error)?;
+                let connection = client.get_async_connection().await.map_err(to_error)?;
+                Ok(Connection::Cluster(connection))
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(result) => result,
+        Err(_) => Err(L2Error::Timeout),
+    }
+}
+
+/// A pub/sub connection for the subscriber task (always to one server: in a cluster, any node
+/// relays every published message).
+///
+/// # Errors
+/// When Redis cannot be reached.
+pub(crate) async fn open_pubsub(config: &L2Config, channel: &str) -> Result<redis::aio::PubSub, L2Error> {
+    let url = match &config.target {
+        Target::Single(url) => url.clone(),
+        Target::Cluster(nodes) => nodes.first().cloned().unwrap_or_default(),
+    };
+    let subscribe = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
+        Ok(Ok(pubsub)) => Ok(pubsub),
+        Ok(Err(err)) => Err(L2Error::Redis(err.to_string())),
+        Err(_) => Err(L2Error::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_glob;
+    use crate::engine::glob;
+
+    #[test]
+    fn escaped_prefixes_match_only_themselves() {
+        let prefix = "app[1]*:";
+        let pattern = format!("{}*", escape_glob(prefix));
+        assert!(glob::matches(&pattern, "app[1]*:user"));
+        assert!(!glob::matches(&pattern, "app1x:user"));
+    }
+}

@@ -1,0 +1,110 @@
+//! The write path: L1 and L2 before the answer (write-through), then the dependency cascade,
+//! then one invalidation message for the other instances.
+//!
+//! With `l2.write_policy = "required"` L2 is written first and a failure leaves nothing in L1
+//! (the key is removed there, since L2's state is unknown after a failed call); with
+//! `"best_effort"` L1 is written first and the answer says whether L2 took it.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::l2::Envelope;
+use super::{Engine, EngineError, Entry, Key, L2Write, ValidWrite, WriteOutcome};
+use crate::config::WritePolicy;
+use crate::metrics::EvictionReason;
+
+impl Engine {
+    /// Stores a write in every tier, then invalidates the keys that depend on it (never the key
+    /// itself) and tells the other instances.
+    ///
+    /// # Errors
+    /// [`EngineError::L2Unavailable`] under the `required` policy when L2 did not take it.
+    pub async fn set(&self, write: ValidWrite) -> Result<WriteOutcome, EngineError> {
+        let outcomes = self.set_many(vec![write]).await?;
+        Ok(outcomes[0])
+    }
+
+    /// Stores writes (already validated) with one L2 pipeline; see [`Engine::set`].
+    ///
+    /// # Errors
+    /// [`EngineError::L2Unavailable`] under the `required` policy when L2 did not take them.
+    pub async fn set_many(&self, writes: Vec<ValidWrite>) -> Result<Vec<WriteOutcome>, EngineError> {
+        let now_ms = self.clock.now_ms();
+        let l1_deadline = self.l1_deadline(now_ms);
+        let entries: Vec<(Key, Arc<Entry>, Duration)> = writes
+            .into_iter()
+            .map(|write| {
+                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+                let entry =
+                    Entry::new(&write.key, write.value, now_ms, write.ttl, write.tags, write.depends_on, version)
+                        .with_l1_deadline(l1_deadline);
+                (write.key, Arc::new(entry), write.ttl)
+            })
+            .collect();
+
+        let l2_write = match (&self.l2, self.write_policy) {
+            (None, _) => {
+                self.insert_all_l1(&entries);
+                L2Write::Disabled
+            }
+            (Some(_), WritePolicy::Required) => match self.write_l2(&entries).await {
+                L2Write::Stored => {
+                    self.insert_all_l1(&entries);
+                    L2Write::Stored
+                }
+                _ => {
+                    for (key, _, _) in &entries {
+                        self.l1.remove(key.as_str(), EvictionReason::Invalidated);
+                    }
+                    return Err(EngineError::L2Unavailable);
+                }
+            },
+            (Some(_), WritePolicy::BestEffort) => {
+                self.insert_all_l1(&entries);
+                self.write_l2(&entries).await
+            }
+        };
+        self.metrics.sets.inc_by(entries.len() as u64);
+
+        let written: HashSet<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        let removal = self.cascade_from_writes(&written, l2_write != L2Write::Unavailable).await;
+        self.announce_keys(written.iter().chain(&removal.removed), !removal.l2_failed).await;
+        Ok(entries
+            .iter()
+            .map(|(_, entry, _)| WriteOutcome { expires_at_ms: entry.expires_at_ms(), l2: l2_write })
+            .collect())
+    }
+
+    fn insert_all_l1(&self, entries: &[(Key, Arc<Entry>, Duration)]) {
+        for (key, entry, _) in entries {
+            self.l1.insert(key, entry.clone());
+        }
+    }
+
+    async fn write_l2(&self, entries: &[(Key, Arc<Entry>, Duration)]) -> L2Write {
+        let Some(l2) = &self.l2 else { return L2Write::Disabled };
+        let envelopes: Vec<Envelope> = entries.iter().map(|(_, entry, _)| envelope_of(entry)).collect();
+        let batch: Vec<(&str, &Envelope, Duration)> =
+            entries.iter().zip(&envelopes).map(|((key, _, ttl), envelope)| (key.as_str(), envelope, *ttl)).collect();
+        match l2.set_many(&batch).await {
+            Ok(()) => L2Write::Stored,
+            Err(err) => {
+                tracing::debug!(%err, "l2 write failed");
+                L2Write::Unavailable
+            }
+        }
+    }
+}
+
+/// The L2 form of an entry.
+pub(super) fn envelope_of(entry: &Entry) -> Envelope {
+    Envelope {
+        value: entry.value().clone(),
+        cached_at_ms: entry.cached_at_ms(),
+        expires_at_ms: entry.expires_at_ms(),
+        tags: entry.tags().iter().map(|tag| tag.as_str().to_string()).collect(),
+        depends_on: entry.depends_on().iter().map(|dep| dep.as_str().to_string()).collect(),
+    }
+}
