@@ -39,6 +39,7 @@ async fn an_l2_hit_fills_l1_with_the_remaining_ttl() {
     let reader = TestApp::spawn_with_redis(&redis, |_| {}).await;
     let expires_at =
         writer.put("k", json!({"value": "v", "ttl": 60, "tags": ["t"]})).await.json()["expires_at"].clone();
+    reader.wait_received(2).await;
 
     let first = reader.get("/api/cache/k").await;
     assert_eq!(first.json()["source"], "l2");
@@ -59,6 +60,7 @@ async fn l1_max_ttl_bounds_how_long_an_l1_copy_lives() {
     let reader = TestApp::spawn_with_redis(&redis, |s| s.l1.max_ttl_secs = 1).await;
     writer.put("k", json!({"value": "old", "ttl": 600})).await.assert_status(200);
     writer.put("source", json!({"value": "new", "ttl": 600})).await.assert_status(200);
+    reader.wait_received(3).await;
     assert_eq!(reader.get("/api/cache/k").await.json()["value"], "old");
     assert_eq!(reader.get("/api/cache/k").await.json()["source"], "l1");
     // Another program changes Redis without telling anyone.
@@ -82,6 +84,7 @@ async fn batch_get_reads_l1_misses_from_l2_in_one_go() {
         .post("/api/cache/batch/set", json!({"entries": [{"key": "a", "value": 1}, {"key": "b", "value": 2}]}))
         .await
         .assert_status(200);
+    reader.wait_received(2).await;
     reader.get("/api/cache/a").await.assert_status(200);
     let body = reader.post("/api/cache/batch/get", json!({"keys": ["a", "b", "c"]})).await.json();
     assert_eq!(body["entries"]["a"]["source"], "l1");

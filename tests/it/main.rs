@@ -3,6 +3,7 @@
 
 mod batch;
 mod bounds;
+mod cluster;
 mod entries;
 mod errors;
 mod fuzz;

@@ -22,6 +22,7 @@ async fn write_on_one_instance_invalidates_l1_on_the_other() {
     let a = TestApp::spawn_with_redis(&redis, |_| {}).await;
     let b = TestApp::spawn_with_redis(&redis, |_| {}).await;
     a.put("user:1", json!({"value": {"v": 1}})).await.assert_status(200);
+    b.wait_received(2).await;
     assert_eq!(b.get("/api/cache/user:1").await.json()["value"], json!({"v": 1}));
     assert_eq!(source(&b, "user:1").await, "l1");
     a.put("user:1", json!({"value": {"v": 2}})).await.assert_status(200);

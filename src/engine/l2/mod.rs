@@ -167,34 +167,33 @@ impl L2 {
         Ok(raw.into_iter().map(|bytes| bytes.and_then(|bytes| self.decode(&bytes))).collect())
     }
 
-    /// Stores entries: one pipeline of index records (when there are any), then one of entries.
+    /// Stores entries: index records first (SADD + EXPIRE NX + EXPIRE GT per set), then the
+    /// entries, each step one round trip (see [`L2::query_all`]).
     pub async fn set_many(&self, entries: &[(&str, &Envelope, Duration)]) -> Result<(), L2Error> {
-        let mut index = redis::pipe();
-        let mut has_index = false;
+        let mut index = Vec::new();
         for (key, envelope, ttl) in entries {
             let ttl_secs = ttl.as_secs().max(1);
             let names = envelope.tags.iter().map(|tag| self.tag_key(tag));
             let deps = envelope.depends_on.iter().map(|dep| self.dependents_key(dep));
             for set_key in names.chain(deps) {
-                has_index = true;
-                index.cmd("SADD").arg(&set_key).arg(*key).ignore();
-                index.cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("NX").ignore();
-                index.cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("GT").ignore();
+                index.push(redis::cmd("SADD").arg(&set_key).arg(*key).clone());
+                index.push(redis::cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("NX").clone());
+                index.push(redis::cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("GT").clone());
             }
         }
-        if has_index {
-            self.query_pipeline::<()>(&index).await?;
+        if !index.is_empty() {
+            self.query_all::<Value>(index).await?;
         }
-        let mut writes = redis::pipe();
+        let mut writes = Vec::with_capacity(entries.len());
         for (key, envelope, ttl) in entries {
             let encoded = envelope.encode(self.config.compression);
             if let Some((original, stored)) = encoded.compressed {
                 self.metrics.record_compression(original, stored);
             }
             let ttl_ms = (ttl.as_millis() as u64).max(1);
-            writes.cmd("SET").arg(self.entry_key(key)).arg(encoded.bytes).arg("PX").arg(ttl_ms).ignore();
+            writes.push(redis::cmd("SET").arg(self.entry_key(key)).arg(encoded.bytes).arg("PX").arg(ttl_ms).clone());
         }
-        self.query_pipeline::<()>(&writes).await
+        self.query_all::<Value>(writes).await.map(|_| ())
     }
 
     /// Removes entries; says for each whether it existed (one pipeline).
@@ -202,11 +201,8 @@ impl L2 {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipeline = redis::pipe();
-        for key in keys {
-            pipeline.cmd("UNLINK").arg(self.entry_key(key));
-        }
-        let counts: Vec<usize> = self.query_pipeline(&pipeline).await?;
+        let unlinks = keys.iter().map(|key| redis::cmd("UNLINK").arg(self.entry_key(key)).clone()).collect();
+        let counts: Vec<usize> = self.query_all(unlinks).await?;
         Ok(counts.into_iter().map(|count| count > 0).collect())
     }
 
@@ -232,32 +228,25 @@ impl L2 {
         if sets.is_empty() {
             return Ok(Vec::new());
         }
-        let mut smembers = redis::pipe();
-        for (set_key, _) in sets {
-            smembers.cmd("SMEMBERS").arg(set_key);
-        }
-        let members: Vec<Vec<String>> = self.query_pipeline(&smembers).await?;
+        let smembers = sets.iter().map(|(set_key, _)| redis::cmd("SMEMBERS").arg(set_key).clone()).collect();
+        let members: Vec<Vec<String>> = self.query_all(smembers).await?;
         let all: Vec<&str> = members.iter().flatten().map(String::as_str).collect();
         if all.is_empty() {
             return Ok(Vec::new());
         }
         let mut envelopes = self.get_many(&all).await?.into_iter();
         let mut holding = Vec::new();
-        let mut stale = redis::pipe();
-        let mut has_stale = false;
+        let mut stale = Vec::new();
         for ((set_key, name), set_members) in sets.iter().zip(&members) {
             for member in set_members {
                 match envelopes.next().flatten() {
                     Some(envelope) if holds(&envelope, name) => holding.push(member.clone()),
-                    _ => {
-                        stale.cmd("SREM").arg(set_key).arg(member).ignore();
-                        has_stale = true;
-                    }
+                    _ => stale.push(redis::cmd("SREM").arg(set_key).arg(member).clone()),
                 }
             }
         }
-        if has_stale {
-            self.query_pipeline::<()>(&stale).await?;
+        if !stale.is_empty() {
+            self.query_all::<Value>(stale).await?;
         }
         holding.sort_unstable();
         holding.dedup();
@@ -371,9 +360,32 @@ impl L2 {
         self.finish(tokio::time::timeout(self.config.timeout, call).await)
     }
 
-    async fn query_pipeline<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, L2Error> {
+    /// Runs independent commands in one round trip and returns their replies in order: one
+    /// pipeline on a single server; on a cluster, concurrent commands each routed to its slot
+    /// (the cluster client refuses pipelines that cross slots).
+    async fn query_all<T: redis::FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>, L2Error> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.checked_out()?;
-        let call = pipeline.query_async::<T>(&mut connection);
+        let call = async {
+            match &connection {
+                Connection::Single(_) => {
+                    let mut pipeline = redis::pipe();
+                    for cmd in commands {
+                        pipeline.add_command(cmd);
+                    }
+                    pipeline.query_async::<Vec<T>>(&mut connection).await
+                }
+                Connection::Cluster(cluster) => {
+                    let calls = commands.into_iter().map(|cmd| {
+                        let mut cluster = cluster.clone();
+                        async move { cmd.query_async::<T>(&mut cluster).await }
+                    });
+                    futures_util::future::try_join_all(calls).await
+                }
+            }
+        };
         self.finish(tokio::time::timeout(self.config.timeout, call).await)
     }
 

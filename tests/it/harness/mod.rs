@@ -386,8 +386,13 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_with(&[]).await;
+    }
+
+    async fn spawn_with(&mut self, extra: &[&str]) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -456,7 +461,105 @@ impl TestApp {
         .await;
     }
 
+    /// Waits until this instance has received `count` invalidation messages (the probe of
+    /// `wait_subscribed` included), so a message about an earlier write cannot arrive later and
+    /// drop a copy the test is about to look at.
+    pub async fn wait_received(&self, count: u64) {
+        eventually(&format!("{count} invalidation messages received"), || async {
+            self.metric("invalidations_received").await.as_u64().unwrap_or(0) >= count
+        })
+        .await;
+    }
+
     pub async fn metric(&self, name: &str) -> Value {
         self.get("/api/cache/metrics").await.json()[name].clone()
     }
+}
+
+/// A real 3-master Redis Cluster on loopback (`redis-cli --cluster create`); killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for port in cluster_ports(3) {
+            let mut node = RedisServer { child: None, port, dir: tempfile::tempdir().expect("a temp dir") };
+            node.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let mut create = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs (scripts/test.sh installs redis-tools)");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("try_wait") {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = create.kill();
+                let _ = create.wait();
+                panic!("redis-cli --cluster create did not finish within {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            let url = node.url();
+            eventually("every node sees the cluster ok", || {
+                let url = url.clone();
+                async move {
+                    redis::Client::open(url)
+                        .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+                        .and_then(|mut connection| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut connection))
+                        .is_ok_and(|info| info.contains("cluster_state:ok"))
+                }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// Seed nodes as `l2.cluster_nodes` takes them.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect()
+    }
+
+    /// Every key on every master matching `pattern` (for assertions).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|node| redis::cmd("KEYS").arg(pattern).query::<Vec<String>>(&mut node.client()).unwrap())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// `count` ports whose cluster-bus twins (port + 10000) are free as well. A process-wide
+/// cursor keeps clusters of tests running in parallel apart.
+fn cluster_ports(count: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 50) as u16 * 100;
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let candidate = base + NEXT.fetch_add(1, Ordering::Relaxed) % 5_000;
+        let is_free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if is_free(candidate) && is_free(candidate + 10_000) {
+            ports.push(candidate);
+        }
+    }
+    ports
 }
