@@ -3,6 +3,7 @@
 # 1. invalidation propagation between two instances sharing one Redis (examples/propagation.rs):
 #    time from A acknowledging a write to B answering the new value, p50/p99 over WRITES writes;
 # 2. an L2-hit GET through tiercache (l1.max_entries = 1, random keys, so reads go to Redis)
+#    with tiercache and Redis sharing core 0 (the server side), load generators on core 1,
 #    against redis-benchmark GET on the same Redis in the same run: the service's overhead.
 #
 #   WRITES=1000 SECONDS_PER_RUN=10 ROUNDS=3 CONNS=64 bash bench/l2.sh
@@ -27,7 +28,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
-taskset -c 1 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir "$STATE" >/dev/null &
+taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir "$STATE" >/dev/null &
 pids+=($!)
 for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
 start() { # port, extra env...
@@ -62,13 +63,21 @@ redis-cli -p $REDIS_PORT eval "for i=0,$((KEYS - 1)) do redis.call('SET','key:'.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : >"$STATE/tc"; : >"$STATE/rb"
 for _ in $(seq "$ROUNDS"); do
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/random.lua" "http://127.0.0.1:$C_PORT" |
-    awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {print rps, p50, p99}' >>"$STATE/tc"
-  taskset -c 1 redis-benchmark -p $REDIS_PORT -t get -c "$CONNS" -r "$KEYS" -d 100 -n $((SECONDS_PER_RUN * 60000)) -q --precision 3 |
-    awk '/GET/ {print $2}' >>"$STATE/rb"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/random.lua" "http://127.0.0.1:$C_PORT" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ {rps=$2} /^ +50%/ {p50=ms($2)} /^ +99%/ {p99=ms($2)} END {printf "%s %.3f %.3f\n", rps, p50, p99}' >>"$STATE/tc"
+  # CSV columns: test, rps, avg, min, p50, p95, p99, max (ms).
+  taskset -c 1 redis-benchmark -p $REDIS_PORT -t get -c "$CONNS" -r "$KEYS" -d 100 -n $((SECONDS_PER_RUN * 60000)) --csv |
+    awk -F'"' '$2 == "GET" {print $4, $10, $14}' >>"$STATE/rb"
 done
-echo "| what | req/s (median) | p50 | p99 |"
+row() { # label file
+  echo "| $1 | $(cut -d' ' -f1 "$2" | median) | $(cut -d' ' -f2 "$2" | median) | $(cut -d' ' -f3 "$2" | median) |"
+}
+echo "| what | req/s (median) | p50 ms | p99 ms |"
 echo "|---|---|---|---|"
-echo "| tiercache L2-hit GET over HTTP | $(cut -d' ' -f1 "$STATE/tc" | median) | $(cut -d' ' -f2 "$STATE/tc" | sort | head -1) | $(cut -d' ' -f3 "$STATE/tc" | sort | head -1) |"
-echo "| redis-benchmark GET (RESP, c$CONNS) | $(median <"$STATE/rb") | | |"
+row "tiercache L2-hit GET over HTTP (wrk)" "$STATE/tc"
+row "redis-benchmark GET (RESP)" "$STATE/rb"
+tc=$(cut -d' ' -f1 "$STATE/tc" | median); rb=$(cut -d' ' -f1 "$STATE/rb" | median)
+echo
+echo "tiercache / redis-benchmark throughput: $(awk -v a="$tc" -v b="$rb" 'BEGIN{printf "%.2f", a/b}')"
 echo "hit sources at C: $(curl -s "http://127.0.0.1:$C_PORT/api/cache/metrics" | grep -o '"l2_hits":[0-9]*\|"hits":[0-9]*' | tr '\n' ' ')"
