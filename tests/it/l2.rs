@@ -249,3 +249,34 @@ async fn an_invalidation_that_cannot_reach_l2_says_so() {
     app.post("/api/cache/invalidate", json!({"tags": ["t"]})).await.assert_error(503, "l2_unavailable");
     assert_eq!(app.metric("l1_size").await, 0, "L1 was invalidated all the same");
 }
+
+#[tokio::test]
+async fn rediss_urls_use_tls_and_verify_the_server_certificate() {
+    let redis = crate::harness::TlsRedisServer::start().await;
+    let url = redis.url();
+    let ca_file = redis.ca_file.to_string_lossy().into_owned();
+    // Trusting the CA (through the system trust store's SSL_CERT_FILE override): L2 is up.
+    let trusted =
+        crate::harness::ServiceProcess::start(&[("REDIS_URL", url.as_str()), ("SSL_CERT_FILE", ca_file.as_str())])
+            .await;
+    let client = crate::harness::client();
+    let health = format!("{}/health", trusted.base);
+    crate::harness::eventually("l2 is up over TLS", || async {
+        client.get(&health).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["l2"] == "up"
+    })
+    .await;
+    let put = client
+        .put(format!("{}/api/cache/secure", trusted.base))
+        .header("content-type", "application/json")
+        .body(r#"{"value":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.json::<serde_json::Value>().await.unwrap()["l2"], "stored");
+
+    // Not trusting it: the connection is refused and L2 stays down.
+    let untrusted = crate::harness::ServiceProcess::start(&[("REDIS_URL", url.as_str())]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let health = client.get(format!("{}/health", untrusted.base)).send().await.unwrap();
+    assert_eq!(health.json::<serde_json::Value>().await.unwrap()["l2"], "down");
+}

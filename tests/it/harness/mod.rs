@@ -563,3 +563,88 @@ fn cluster_ports(count: usize) -> Vec<u16> {
     }
     ports
 }
+
+/// A `redis-server` that speaks only TLS, with a certificate from a throwaway CA made with
+/// openssl; `ca_file` is what a client must trust.
+pub struct TlsRedisServer {
+    server: RedisServer,
+    pub ca_file: std::path::PathBuf,
+}
+
+impl TlsRedisServer {
+    pub async fn start() -> TlsRedisServer {
+        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir") };
+        let dir = server.dir.path().to_path_buf();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]
+                .iter()
+                .copied()
+                .chain(["-subj", "/CN=tiercache test CA"])
+                .collect::<Vec<_>>(),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let tls_port = server.port.to_string();
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &tls_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", &file("server.crt"), "--tls-key-file", &file("server.key")])
+            .args(["--tls-ca-cert-file", &file("ca.crt"), "--tls-auth-clients", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        server.child = Some(child);
+        let port = server.port;
+        eventually("the TLS port accepts connections", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        TlsRedisServer { ca_file: dir.join("ca.crt"), server }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.server.port)
+    }
+}
