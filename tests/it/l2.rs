@@ -280,3 +280,24 @@ async fn rediss_urls_use_tls_and_verify_the_server_certificate() {
     let health = client.get(format!("{}/health", untrusted.base)).send().await.unwrap();
     assert_eq!(health.json::<serde_json::Value>().await.unwrap()["l2"], "down");
 }
+
+#[tokio::test]
+async fn a_password_protected_redis_is_reached_with_redis_password() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pw"]).await;
+    let url = redis.url();
+    let with_password =
+        crate::harness::ServiceProcess::start(&[("REDIS_URL", url.as_str()), ("REDIS_PASSWORD", "s3cret-pw")]).await;
+    let without = crate::harness::ServiceProcess::start(&[("REDIS_URL", url.as_str())]).await;
+    let client = crate::harness::client();
+    let health = format!("{}/health", with_password.base);
+    crate::harness::eventually("l2 is up with the password", || async {
+        client.get(&health).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["l2"] == "up"
+    })
+    .await;
+    // Without it every command answers NOAUTH: the breaker opens (5 pings) and L2 is down.
+    let health = format!("{}/health", without.base);
+    crate::harness::eventually("l2 is down without the password", || async {
+        client.get(&health).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["l2"] == "down"
+    })
+    .await;
+}

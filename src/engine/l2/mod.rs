@@ -414,8 +414,8 @@ impl L2 {
                 }
                 return Ok(value);
             }
-            Ok(Err(err)) if is_reply_error(&err) => {
-                // Redis answered: the connection is fine, the command was not.
+            Ok(Err(err)) if is_data_error(&err) => {
+                // Redis answered about one key's data: the tier is fine, this command was not.
                 self.metrics.l2_errors.inc();
                 return Err(L2Error::Redis(err.to_string()));
             }
@@ -432,10 +432,11 @@ impl L2 {
     }
 }
 
-/// A server-side error reply (WRONGTYPE, syntax...): not a sign that Redis is unreachable.
-fn is_reply_error(err: &redis::RedisError) -> bool {
-    !(err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal())
-        && err.kind() != redis::ErrorKind::Io
+/// An error about one key's data (a key of the wrong type under our namespace): not a sign that
+/// L2 is unusable. Every other error, replies such as NOAUTH, LOADING or CLUSTERDOWN included,
+/// counts toward the breaker.
+fn is_data_error(err: &redis::RedisError) -> bool {
+    err.code() == Some("WRONGTYPE")
 }
 
 /// Escapes the glob specials of Redis `MATCH` so `text` matches itself.
