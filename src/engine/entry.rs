@@ -1,8 +1,6 @@
 //! An entry as the tiers hold it: serialized value bytes plus the metadata of SPEC §2.
 //! Immutable once built; tiers share it behind an `Arc`, so a hit clones a pointer, not a value.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 use super::key::{Key, Tag};
@@ -34,21 +32,22 @@ pub struct Entry {
 const ETAG_LEN: usize = 34;
 
 impl Entry {
+    /// An entry written at `cached_at_ms` that expires at `expires_at_ms` (Unix ms). Its L1
+    /// copy lives until `expires_at_ms` unless [`Entry::with_l1_deadline`] shortens it.
     pub fn new(
         key: &Key,
         value: Bytes,
-        now_ms: u64,
-        ttl: Duration,
+        cached_at_ms: u64,
+        expires_at_ms: u64,
         tags: Box<[Tag]>,
         depends_on: Box<[Key]>,
         version: u64,
     ) -> Entry {
         let size = Self::size_of(key, value.len(), &tags, &depends_on);
-        let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
         Entry {
             etag: etag_of(&value),
             value,
-            cached_at_ms: now_ms,
+            cached_at_ms,
             expires_at_ms,
             l1_expires_at_ms: expires_at_ms,
             tags,
@@ -101,33 +100,6 @@ impl Entry {
         self.size
     }
 
-    /// Rebuilds an entry read from L2: its own times, and an L1 deadline no later than
-    /// `l1_deadline_ms`.
-    #[allow(clippy::too_many_arguments)] // One field each; a builder would only rename them.
-    pub fn from_shared(
-        key: &Key,
-        value: Bytes,
-        cached_at_ms: u64,
-        expires_at_ms: u64,
-        l1_deadline_ms: u64,
-        tags: Box<[Tag]>,
-        depends_on: Box<[Key]>,
-        version: u64,
-    ) -> Entry {
-        let size = Self::size_of(key, value.len(), &tags, &depends_on);
-        Entry {
-            etag: etag_of(&value),
-            value,
-            cached_at_ms,
-            expires_at_ms,
-            l1_expires_at_ms: expires_at_ms.min(l1_deadline_ms),
-            tags,
-            depends_on,
-            version,
-            size,
-        }
-    }
-
     /// Caps how long the L1 copy lives (never past the entry's own expiry).
     pub fn with_l1_deadline(mut self, l1_deadline_ms: u64) -> Entry {
         self.l1_expires_at_ms = self.expires_at_ms.min(l1_deadline_ms);
@@ -165,7 +137,7 @@ mod tests {
 
     fn entry(value: &'static [u8]) -> Entry {
         let key = Key::parse("k", 512).unwrap();
-        Entry::new(&key, Bytes::from_static(value), 1_000, Duration::from_secs(10), Box::new([]), Box::new([]), 1)
+        Entry::new(&key, Bytes::from_static(value), 1_000, 11_000, Box::new([]), Box::new([]), 1)
     }
 
     #[test]
@@ -199,8 +171,7 @@ mod tests {
     fn size_counts_key_value_and_metadata() {
         let key = Key::parse("key", 512).unwrap();
         let tags: Box<[Tag]> = Box::new([Tag::parse("t1").unwrap()]);
-        let entry =
-            Entry::new(&key, Bytes::from(vec![b'1'; 100]), 0, Duration::from_secs(1), tags.clone(), Box::new([]), 1);
+        let entry = Entry::new(&key, Bytes::from(vec![b'1'; 100]), 0, 1_000, tags.clone(), Box::new([]), 1);
         assert_eq!(entry.size(), Entry::size_of(&key, 100, &tags, &[]));
         assert!(entry.size() > 100 + 3 + 2);
     }

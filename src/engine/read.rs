@@ -99,16 +99,9 @@ impl Engine {
             return None;
         };
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(Entry::from_shared(
-            key,
-            envelope.value,
-            envelope.cached_at_ms,
-            envelope.expires_at_ms,
-            self.l1_deadline(now_ms),
-            tags,
-            depends_on,
-            version,
-        ));
+        let entry =
+            Entry::new(key, envelope.value, envelope.cached_at_ms, envelope.expires_at_ms, tags, depends_on, version);
+        let entry = Arc::new(entry.with_l1_deadline(self.l1_deadline(now_ms)));
         if self.l1.fits(entry.size()) {
             self.l1.insert_fill(key, entry.clone(), token);
         }

@@ -37,9 +37,16 @@ impl Engine {
             .into_iter()
             .map(|write| {
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                let entry =
-                    Entry::new(&write.key, write.value, now_ms, write.ttl, write.tags, write.depends_on, version)
-                        .with_l1_deadline(l1_deadline);
+                let entry = Entry::new(
+                    &write.key,
+                    write.value,
+                    now_ms,
+                    expires_at(now_ms, write.ttl),
+                    write.tags,
+                    write.depends_on,
+                    version,
+                )
+                .with_l1_deadline(l1_deadline);
                 (write.key, Arc::new(entry), write.ttl)
             })
             .collect();
@@ -96,6 +103,10 @@ impl Engine {
             }
         }
     }
+}
+
+fn expires_at(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(ttl.as_millis() as u64)
 }
 
 /// The L2 form of an entry.

@@ -352,7 +352,6 @@ fn shard_count(max_entries: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroUsize;
-    use std::time::Duration;
 
     use bytes::Bytes;
 
@@ -371,7 +370,7 @@ mod tests {
             key,
             Bytes::from(vec![b'1'; value_len]),
             0,
-            Duration::from_secs(60),
+            60_000,
             tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect(),
             deps.iter().map(|dep| Key::parse(dep, 512).unwrap()).collect(),
             version,
@@ -499,7 +498,7 @@ mod tests {
             &short,
             Bytes::from_static(b"1"),
             0,
-            Duration::from_secs(1),
+            1_000,
             Box::new([Tag::parse("t").unwrap()]),
             Box::new([]),
             2,
