@@ -518,27 +518,31 @@ async fn open_connection(config: &L2Config) -> Result<Connection, L2Error> {
     }
 }
 
-/// A pub/sub connection for the subscriber task (always to one server: in a cluster, any node
-/// relays every published message).
+/// A pub/sub connection for the subscriber task: to the server, or to the first cluster seed
+/// node that answers (a cluster relays every published message to every node).
 ///
 /// # Errors
-/// When Redis cannot be reached.
+/// When no node can be reached.
 pub(crate) async fn open_pubsub(config: &L2Config, channel: &str) -> Result<redis::aio::PubSub, L2Error> {
-    let url = match &config.target {
-        Target::Single(url) => url.clone(),
-        Target::Cluster(nodes) => nodes.first().cloned().unwrap_or_default(),
+    let urls = match &config.target {
+        Target::Single(url) => std::slice::from_ref(url),
+        Target::Cluster(nodes) => nodes.as_slice(),
     };
-    let subscribe = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
-        Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(err)) => Err(L2Error::Redis(err.to_string())),
-        Err(_) => Err(L2Error::Timeout),
+    let mut last_error = L2Error::NotConnected;
+    for url in urls {
+        let subscribe = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
+            Ok(Ok(pubsub)) => return Ok(pubsub),
+            Ok(Err(err)) => last_error = L2Error::Redis(err.to_string()),
+            Err(_) => last_error = L2Error::Timeout,
+        }
     }
+    Err(last_error)
 }
 
 #[cfg(test)]
