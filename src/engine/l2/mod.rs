@@ -256,50 +256,31 @@ impl L2 {
     /// Every key whose name matches `pattern` (Redis glob), by SCAN in batches.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, L2Error> {
         let prefix = self.entry_key("");
-        let match_pattern = format!("{}{pattern}", escape_glob(&prefix));
+        let mut scan = self.start_scan(format!("{}{pattern}", escape_glob(&prefix))).await?;
         let mut found = Vec::new();
-        for node in self.scan_targets().await? {
-            let mut cursor: u64 = 0;
-            loop {
-                let mut cmd = redis::cmd("SCAN");
-                cmd.arg(cursor).arg("MATCH").arg(&match_pattern).arg("COUNT").arg(1000);
-                let (next, keys): (u64, Vec<String>) = self.query_on(&cmd, node.as_ref()).await?;
-                found
-                    .extend(keys.into_iter().filter_map(|redis_key| redis_key.strip_prefix(&prefix).map(String::from)));
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+        while let Some(keys) = scan.next_batch(self).await? {
+            found.extend(keys.into_iter().filter_map(|redis_key| redis_key.strip_prefix(&prefix).map(String::from)));
         }
         found.sort_unstable();
         found.dedup();
         Ok(found)
     }
 
-    /// Removes every entry and index under the prefix; returns how many entries there were.
+    /// Removes every entry and index under the prefix, batch by batch as SCAN finds them;
+    /// returns how many entries there were.
     pub async fn clear(&self) -> Result<usize, L2Error> {
-        let all = format!("{}*", escape_glob(&self.config.key_prefix));
         let entry_prefix = self.entry_key("");
+        let mut scan = self.start_scan(format!("{}*", escape_glob(&self.config.key_prefix))).await?;
         let mut n_entries = 0;
-        for node in self.scan_targets().await? {
-            let mut cursor: u64 = 0;
-            loop {
-                let mut cmd = redis::cmd("SCAN");
-                cmd.arg(cursor).arg("MATCH").arg(&all).arg("COUNT").arg(1000);
-                let (next, keys): (u64, Vec<String>) = self.query_on(&cmd, node.as_ref()).await?;
-                if !keys.is_empty() {
-                    let removed: usize = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
-                    let entries = keys.iter().filter(|key| key.starts_with(&entry_prefix)).count();
-                    n_entries += entries.min(removed);
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+        while let Some(keys) = scan.next_batch(self).await? {
+            let removed: usize = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+            n_entries += keys.iter().filter(|key| key.starts_with(&entry_prefix)).count().min(removed);
         }
         Ok(n_entries)
+    }
+
+    async fn start_scan(&self, match_pattern: String) -> Result<Scan, L2Error> {
+        Ok(Scan { nodes: self.scan_targets().await?, node_idx: 0, cursor: 0, match_pattern })
     }
 
     /// Publishes `message` on `channel`.
@@ -437,6 +418,34 @@ impl L2 {
 /// counts toward the breaker.
 fn is_data_error(err: &redis::RedisError) -> bool {
     err.code() == Some("WRONGTYPE")
+}
+
+/// A SCAN in progress over every master (never KEYS): `SCAN cursor MATCH pattern COUNT 1000`
+/// until each node's cursor returns to 0.
+struct Scan {
+    nodes: Vec<Option<(String, u16)>>,
+    node_idx: usize,
+    cursor: u64,
+    match_pattern: String,
+}
+
+impl Scan {
+    /// The next non-empty batch of Redis key names, or `None` when every node is done.
+    async fn next_batch(&mut self, l2: &L2) -> Result<Option<Vec<String>>, L2Error> {
+        while let Some(node) = self.nodes.get(self.node_idx) {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(self.cursor).arg("MATCH").arg(&self.match_pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = l2.query_on(&cmd, node.as_ref()).await?;
+            self.cursor = next;
+            if next == 0 {
+                self.node_idx += 1;
+            }
+            if !keys.is_empty() {
+                return Ok(Some(keys));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Escapes the glob specials of Redis `MATCH` so `text` matches itself.
