@@ -343,6 +343,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `port` is a TLS port (and the plain port is off).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -352,7 +354,8 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `--requirepass`).
     pub async fn start_with(extra: &[&str]) -> RedisServer {
-        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir") };
+        let mut server =
+            RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), tls: false };
         server.spawn_with(extra).await;
         server
     }
@@ -395,8 +398,11 @@ impl RedisServer {
     }
 
     async fn spawn_with(&mut self, extra: &[&str]) {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls { &["--port", "0", "--tls-port", &port] } else { &["--port", &port] };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(extra)
             .arg("--dir")
             .arg(self.dir.path())
@@ -485,7 +491,7 @@ impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for port in cluster_ports(3) {
-            let mut node = RedisServer { child: None, port, dir: tempfile::tempdir().expect("a temp dir") };
+            let mut node = RedisServer { child: None, port, dir: tempfile::tempdir().expect("a temp dir"), tls: false };
             node.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await;
             nodes.push(node);
         }
@@ -573,7 +579,8 @@ pub struct TlsRedisServer {
 
 impl TlsRedisServer {
     pub async fn start() -> TlsRedisServer {
-        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir") };
+        let mut server =
+            RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), tls: false };
         let dir = server.dir.path().to_path_buf();
         let openssl = |args: &[&str]| {
             let status = Command::new("openssl")
@@ -622,25 +629,21 @@ impl TlsRedisServer {
             "-extfile",
             "ext.cnf",
         ]);
-        let tls_port = server.port.to_string();
         let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &tls_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", &file("server.crt"), "--tls-key-file", &file("server.key")])
-            .args(["--tls-ca-cert-file", &file("ca.crt"), "--tls-auth-clients", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        server.child = Some(child);
-        let port = server.port;
-        eventually("the TLS port accepts connections", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await;
+        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+        server.tls = true;
+        server
+            .spawn_with(&[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ])
+            .await;
         TlsRedisServer { ca_file: dir.join("ca.crt"), server }
     }
 
