@@ -3,7 +3,9 @@
 //!
 //! Shutdown order, and why: (1) stop accepting and let in-flight requests finish within
 //! `server.shutdown_grace_ms`, so no answered write is lost; (2) cancel the token so every task
-//! leaves its loop; (3) wait for the tasks, bounded, so a stuck task cannot hold the exit.
+//! leaves its loop; (3) wait for the tasks, bounded, so a stuck task cannot hold the exit;
+//! (4) wait, bounded, for origin fetches still in flight (each is bounded by
+//! `origin.timeout_ms`), so a fetched value is not cut off between L2 and L1.
 //! (A final snapshot, when persistence exists, goes after (3).)
 
 use std::net::SocketAddr;
@@ -35,6 +37,7 @@ pub struct App {
     /// Cancelled after the drain: every background task stops.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    engine: Arc<Engine>,
     server: JoinHandle<std::io::Result<()>>,
     shutdown_grace: Duration,
 }
@@ -63,12 +66,17 @@ impl App {
             tasks.spawn(tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
             tasks.spawn(tasks::subscriber::run(engine.clone(), shutdown.clone()));
         }
+        if engine.has_origin() {
+            for _ in 0..settings.prefetch_workers() {
+                tasks.spawn(tasks::prefetch::run(engine.clone(), shutdown.clone()));
+            }
+        }
 
         // No L2, warm source or snapshot yet: the start-up load is empty, so ready at once.
         let ready = Arc::new(AtomicBool::new(false));
         let server_config = settings.server_config();
         let state = AppState::new(http::Shared {
-            engine,
+            engine: engine.clone(),
             metrics,
             instance_id: instance_id.clone(),
             started: Instant::now(),
@@ -106,6 +114,7 @@ impl App {
             stop_accepting,
             shutdown,
             tasks,
+            engine,
             server,
             shutdown_grace: server_config.shutdown_grace,
         })
@@ -137,6 +146,9 @@ impl App {
         self.tasks.close();
         if tokio::time::timeout(TASK_STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop in time");
+        }
+        if !self.engine.finish_background(TASK_STOP_TIMEOUT).await {
+            tracing::warn!("origin fetches did not finish in time");
         }
         tracing::info!("shutdown complete");
     }

@@ -397,6 +397,9 @@ impl Settings {
         at_least("origin.timeout_ms", self.origin.timeout_ms, 1)?;
         at_least("origin.default_ttl_secs", self.origin.default_ttl_secs, 1)?;
         at_least("origin.max_concurrency", self.origin.max_concurrency, 1)?;
+        at_most("origin.max_concurrency", self.origin.max_concurrency, 1 << 20)?;
+        at_most("cache.grace_secs", self.cache.grace_secs, TEN_YEARS_SECS)?;
+        self.origin_url()?;
         if !matches!(self.compression.algorithm.as_str(), "zstd" | "none") {
             return Err(ConfigError::new("compression.algorithm", "must be \"zstd\" or \"none\""));
         }
@@ -409,6 +412,8 @@ impl Settings {
         at_least("warm.parallelism", self.warm.parallelism, 1)?;
         at_least("prefetch.workers", self.prefetch.workers, 1)?;
         at_least("prefetch.max_queue", self.prefetch.max_queue, 1)?;
+        at_most("prefetch.workers", self.prefetch.workers, 1024)?;
+        at_most("prefetch.max_queue", self.prefetch.max_queue, 1 << 24)?;
         at_least("metrics.interval_secs", self.metrics.interval_secs, 1)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::new("log.level", format!("not a log filter: {:?}", self.log.level)));
@@ -430,14 +435,12 @@ impl Settings {
                 Ok(())
             }
         };
-        unbuilt("origin.url", !self.origin.url.is_empty())?;
         unbuilt("persistence.path", !self.persistence.path.is_empty())?;
         unbuilt("warm.url", !self.warm.url.is_empty())?;
         unbuilt("warm.keys", !self.warm.keys.is_empty())?;
         unbuilt("auth.tokens", !self.auth.tokens.is_empty())?;
         unbuilt("auth.read_tokens", !self.auth.read_tokens.is_empty())?;
-        unbuilt("metrics.require_auth", self.metrics.require_auth)?;
-        unbuilt("cache.grace_secs", self.cache.grace_secs != 0)
+        unbuilt("metrics.require_auth", self.metrics.require_auth)
     }
 
     /// The listen address; valid after [`Settings::validate`].
@@ -488,7 +491,32 @@ impl Settings {
             l1_max_ttl: (self.l1.max_ttl_secs > 0).then(|| Duration::from_secs(self.l1.max_ttl_secs)),
             channel: self.invalidation.channel.clone(),
             flush_l1_on_reconnect: self.invalidation.flush_l1_on_reconnect,
+            grace: Duration::from_secs(self.cache.grace_secs),
+            origin: self.origin_url().expect("origin.url was validated").map(|url| OriginConfig {
+                url,
+                timeout: Duration::from_millis(self.origin.timeout_ms),
+                // Both capped at cache.max_ttl_secs, like every other TTL.
+                default_ttl: Duration::from_secs(self.origin.default_ttl_secs.min(self.cache.max_ttl_secs)),
+                negative_ttl: (self.origin.negative_ttl_secs > 0)
+                    .then(|| Duration::from_secs(self.origin.negative_ttl_secs.min(self.cache.max_ttl_secs))),
+                max_ttl: Duration::from_secs(self.cache.max_ttl_secs),
+                max_concurrency: clamp_usize(self.origin.max_concurrency),
+                max_value_bytes: clamp_usize(self.cache.max_value_bytes),
+            }),
+            prefetch_max_queue: clamp_usize(self.prefetch.max_queue),
         }
+    }
+
+    /// The origin URL template, checked: http or https, with `{key}` in it. `None` when unset.
+    fn origin_url(&self) -> Result<Option<OriginUrl>, ConfigError> {
+        if self.origin.url.is_empty() {
+            return Ok(None);
+        }
+        OriginUrl::parse(&self.origin.url).map(Some).map_err(|problem| ConfigError::new("origin.url", problem))
+    }
+
+    pub(crate) fn prefetch_workers(&self) -> usize {
+        clamp_usize(self.prefetch.workers)
     }
 
     /// Where L2 lives: `None` without `l2.url` or `l2.cluster_nodes`. A `redis+cluster://` URL
@@ -543,6 +571,56 @@ pub struct EngineConfig {
     pub l1_max_ttl: Option<Duration>,
     pub channel: String,
     pub flush_l1_on_reconnect: bool,
+    /// `cache.grace_secs`; zero = no stale serving.
+    pub grace: Duration,
+    pub origin: Option<OriginConfig>,
+    pub prefetch_max_queue: usize,
+}
+
+/// The origin's part of the settings (`origin.*`), present only when `origin.url` is set.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    pub url: OriginUrl,
+    /// Slot wait plus request; waiters of a coalesced fetch give up after it too.
+    pub timeout: Duration,
+    pub default_ttl: Duration,
+    /// How long a 404 is remembered; `None` = not at all.
+    pub negative_ttl: Option<Duration>,
+    /// `cache.max_ttl_secs`: a `max-age` above it is capped.
+    pub max_ttl: Duration,
+    pub max_concurrency: usize,
+    pub max_value_bytes: usize,
+}
+
+/// `origin.url` split around its `{key}` placeholders.
+#[derive(Debug, Clone)]
+pub struct OriginUrl {
+    parts: Vec<String>,
+}
+
+impl OriginUrl {
+    /// # Errors
+    /// A one-line problem when the template is not an http(s) URL with `{key}` in it.
+    pub fn parse(template: &str) -> Result<OriginUrl, String> {
+        if !template.contains("{key}") {
+            return Err("must contain {key}, e.g. http://127.0.0.1:8081/items/{key}".into());
+        }
+        let origin_url = OriginUrl { parts: template.split("{key}").map(str::to_string).collect() };
+        let url = reqwest::Url::parse(&origin_url.for_key("k")).map_err(|err| format!("not a valid URL: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err("must be an http:// or https:// URL with a host".into());
+        }
+        Ok(origin_url)
+    }
+
+    /// The URL for `key`: every byte outside RFC 3986's unreserved set is percent-encoded, so
+    /// `/`, `?` and `#` in a key stay inside the one path segment.
+    pub fn for_key(&self, key: &str) -> String {
+        const KEY_ESCAPES: &percent_encoding::AsciiSet =
+            &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        let encoded = percent_encoding::utf8_percent_encode(key, KEY_ESCAPES).to_string();
+        self.parts.join(&encoded)
+    }
 }
 
 /// `l2.write_policy`: what a write does when L2 cannot take it.
@@ -854,6 +932,33 @@ mod tests {
         ] {
             assert_eq!(load_env(&[(var, huge)]).unwrap_err().key, key);
         }
+    }
+
+    #[test]
+    fn origin_settings_are_checked_and_capped() {
+        for url in ["http://127.0.0.1:8081/items", "ftp://host/{key}", "not a url/{key}"] {
+            assert_eq!(load_env(&[("TIERCACHE__ORIGIN__URL", url)]).unwrap_err().key, "origin.url", "{url}");
+        }
+        assert_eq!(
+            load_env(&[("TIERCACHE__CACHE__GRACE_SECS", "18446744073709551615")]).unwrap_err().key,
+            "cache.grace_secs"
+        );
+        let settings = load_env(&[
+            ("TIERCACHE__ORIGIN__URL", "https://origin.internal/v1/{key}.json"),
+            ("TIERCACHE__ORIGIN__DEFAULT_TTL_SECS", "999999999"),
+            ("TIERCACHE__CACHE__GRACE_SECS", "30"),
+        ])
+        .unwrap();
+        let engine = settings.engine_config();
+        let origin = engine.origin.expect("an origin");
+        assert_eq!(origin.url.for_key("a/b"), "https://origin.internal/v1/a%2Fb.json");
+        assert_eq!(
+            origin.default_ttl,
+            Duration::from_secs(settings.cache.max_ttl_secs),
+            "capped at cache.max_ttl_secs"
+        );
+        assert_eq!(engine.grace, Duration::from_secs(30));
+        assert!(load_env(&[]).unwrap().engine_config().origin.is_none());
     }
 
     #[test]

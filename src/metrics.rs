@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Why an entry left L1, the `reason` label of `tiercache_evictions_total`.
@@ -45,6 +45,19 @@ pub struct Metrics {
     pub(crate) invalidations_published: IntCounter,
     pub(crate) invalidations_received: IntCounter,
     pub(crate) invalidations_malformed: IntCounter,
+    /// Answers served from a copy past its expiry (grace); never counted as hits.
+    pub(crate) stale_served: IntCounter,
+    /// Reads that joined a lookup already in flight for their key instead of starting one.
+    pub(crate) coalesced: IntCounter,
+    pub(crate) origin_ok: IntCounter,
+    pub(crate) origin_not_found: IntCounter,
+    pub(crate) origin_errors: IntCounter,
+    pub(crate) origin_duration: Histogram,
+    /// Keys accepted into the prefetch queue.
+    pub(crate) prefetch_requests: IntCounter,
+    /// First reads of entries brought in by prefetch.
+    pub(crate) prefetch_hits: IntCounter,
+    pub(crate) prefetch_queue_size: IntGauge,
     /// L2 lookups that found nothing (JSON only: `tiercache_misses_total` counts whole misses).
     pub(crate) l2_misses: AtomicU64,
     /// Value bytes before and after compression, over compressed values only.
@@ -87,6 +100,33 @@ impl Metrics {
         .expect("valid metric");
         let bytes = IntGauge::new("tiercache_bytes", "Bytes held by L1 entries (key + value + metadata)")
             .expect("valid metric");
+        let stale_served =
+            IntCounter::new("tiercache_stale_served_total", "Answers served stale within cache.grace_secs")
+                .expect("valid metric");
+        let coalesced = IntCounter::new(
+            "tiercache_coalesced_total",
+            "Reads that waited for a lookup of their key already in flight",
+        )
+        .expect("valid metric");
+        let origin_fetches =
+            IntCounterVec::new(Opts::new("tiercache_origin_fetches_total", "Origin requests, by result"), &["result"])
+                .expect("valid metric");
+        let origin_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tiercache_origin_fetch_duration_seconds",
+                "Time of one origin request, slot wait included",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        let prefetch_requests =
+            IntCounter::new("tiercache_prefetch_requests_total", "Keys accepted into the prefetch queue")
+                .expect("valid metric");
+        let prefetch_hits =
+            IntCounter::new("tiercache_prefetch_hits_total", "First reads of entries brought in by prefetch")
+                .expect("valid metric");
+        let prefetch_queue_size =
+            IntGauge::new("tiercache_prefetch_queue_size", "Keys waiting in the prefetch queue").expect("valid metric");
 
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -101,6 +141,13 @@ impl Metrics {
             Box::new(l2_up.clone()),
             Box::new(l2_errors.clone()),
             Box::new(invalidation_messages.clone()),
+            Box::new(stale_served.clone()),
+            Box::new(coalesced.clone()),
+            Box::new(origin_fetches.clone()),
+            Box::new(origin_duration.clone()),
+            Box::new(prefetch_requests.clone()),
+            Box::new(prefetch_hits.clone()),
+            Box::new(prefetch_queue_size.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -125,6 +172,15 @@ impl Metrics {
             invalidations_published: invalidation_messages.with_label_values(&["published"]),
             invalidations_received: invalidation_messages.with_label_values(&["received"]),
             invalidations_malformed: invalidation_messages.with_label_values(&["malformed"]),
+            stale_served,
+            coalesced,
+            origin_ok: origin_fetches.with_label_values(&["ok"]),
+            origin_not_found: origin_fetches.with_label_values(&["not_found"]),
+            origin_errors: origin_fetches.with_label_values(&["error"]),
+            origin_duration,
+            prefetch_requests,
+            prefetch_hits,
+            prefetch_queue_size,
             l2_misses: AtomicU64::new(0),
             compressed_original_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),

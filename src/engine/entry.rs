@@ -1,5 +1,13 @@
 //! An entry as the tiers hold it: serialized value bytes plus the metadata of SPEC §2.
-//! Immutable once built; tiers share it behind an `Arc`, so a hit clones a pointer, not a value.
+//! Immutable once built (but for the one-shot prefetch mark); tiers share it behind an `Arc`,
+//! so a hit clones a pointer, not a value.
+//!
+//! Three instants rule an L1 copy, in this order: `l1_fresh_until_ms` (served as a hit before
+//! it), `expires_at_ms` (the entry's own end, what clients see), `l1_keep_until_ms` (dropped
+//! from L1 at it). Between fresh-until and keep-until a copy is only served as stale, which
+//! needs `cache.grace_secs`; without grace keep-until equals fresh-until.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -17,9 +25,15 @@ pub struct Entry {
     etag: [u8; ETAG_LEN],
     cached_at_ms: u64,
     expires_at_ms: u64,
-    /// When this L1 copy must be dropped: `expires_at_ms`, or earlier when `l1.max_ttl_secs`
-    /// bounds how stale a copy of a shared (L2) entry may get.
-    l1_expires_at_ms: u64,
+    /// Until when this L1 copy is served as fresh: `expires_at_ms`, or earlier when
+    /// `l1.max_ttl_secs` bounds how stale a copy of a shared (L2) entry may get.
+    l1_fresh_until_ms: u64,
+    /// When this L1 copy is dropped: `l1_fresh_until_ms`, or `expires_at_ms + grace` with grace.
+    l1_keep_until_ms: u64,
+    /// A remembered origin 404 (`origin.negative_ttl_secs`): no value, answers a miss.
+    negative: bool,
+    /// Brought in by prefetch and not read since: the first hit counts in `prefetch_hits`.
+    prefetched: AtomicBool,
     tags: Box<[Tag]>,
     depends_on: Box<[Key]>,
     /// Unique per write, process-wide: index records carry it so that removing an old entry
@@ -49,11 +63,22 @@ impl Entry {
             value,
             cached_at_ms,
             expires_at_ms,
-            l1_expires_at_ms: expires_at_ms,
+            l1_fresh_until_ms: expires_at_ms,
+            l1_keep_until_ms: expires_at_ms,
+            negative: false,
+            prefetched: AtomicBool::new(false),
             tags,
             depends_on,
             version,
             size,
+        }
+    }
+
+    /// A remembered 404 for `key` until `expires_at_ms` (never served stale).
+    pub fn negative(key: &Key, cached_at_ms: u64, expires_at_ms: u64, version: u64) -> Entry {
+        Entry {
+            negative: true,
+            ..Entry::new(key, Bytes::new(), cached_at_ms, expires_at_ms, [].into(), [].into(), version)
         }
     }
 
@@ -100,17 +125,50 @@ impl Entry {
         self.size
     }
 
-    /// Caps how long the L1 copy lives (never past the entry's own expiry).
-    pub fn with_l1_deadline(mut self, l1_deadline_ms: u64) -> Entry {
-        self.l1_expires_at_ms = self.expires_at_ms.min(l1_deadline_ms);
+    /// Sets how long the L1 copy lives: fresh until `l1_deadline_ms` at most (never past the
+    /// entry's own expiry), kept `grace_ms` past the expiry to be served stale.
+    pub fn with_l1_lifetime(mut self, l1_deadline_ms: u64, grace_ms: u64) -> Entry {
+        self.l1_fresh_until_ms = self.expires_at_ms.min(l1_deadline_ms);
+        self.l1_keep_until_ms = if grace_ms == 0 || self.negative {
+            self.l1_fresh_until_ms
+        } else {
+            self.expires_at_ms.saturating_add(grace_ms)
+        };
         self
     }
 
-    /// Whether this L1 copy must no longer be served: the entry expired, or the copy outlived
-    /// its L1 deadline.
+    /// Whether this L1 copy may be served as a hit.
+    #[inline]
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.l1_fresh_until_ms
+    }
+
+    /// Whether the entry itself is past its expiry (its copies are stale, not just old).
+    #[inline]
+    pub fn is_past_expiry(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+
+    /// Whether this L1 copy must be dropped: past its deadline and any grace.
     #[inline]
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        now_ms >= self.l1_expires_at_ms
+        now_ms >= self.l1_keep_until_ms
+    }
+
+    pub fn is_negative(&self) -> bool {
+        self.negative
+    }
+
+    /// Marks an entry brought in by prefetch (before it is shared).
+    pub fn mark_prefetched(self) -> Entry {
+        self.prefetched.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// True once, on the first read of a prefetched entry.
+    #[inline]
+    pub fn take_prefetched(&self) -> bool {
+        self.prefetched.load(Ordering::Relaxed) && self.prefetched.swap(false, Ordering::Relaxed)
     }
 
     /// Whole seconds left, rounded down so that `max-age` never overstates freshness.
@@ -160,11 +218,34 @@ mod tests {
 
     #[test]
     fn an_l1_deadline_ends_the_copy_early_but_not_the_entry() {
-        let capped = entry(b"1").with_l1_deadline(5_000);
+        let capped = entry(b"1").with_l1_lifetime(5_000, 0);
+        assert!(!capped.is_fresh(5_000));
         assert!(capped.is_expired(5_000));
         assert_eq!(capped.expires_at_ms(), 11_000, "clients still see the entry's own expiry");
-        let uncapped = entry(b"1").with_l1_deadline(u64::MAX);
+        let uncapped = entry(b"1").with_l1_lifetime(u64::MAX, 0);
+        assert!(uncapped.is_fresh(10_999));
         assert!(!uncapped.is_expired(10_999));
+    }
+
+    #[test]
+    fn grace_keeps_an_expired_copy_but_never_as_fresh() {
+        let graced = entry(b"1").with_l1_lifetime(u64::MAX, 5_000);
+        assert!(!graced.is_fresh(11_000));
+        assert!(graced.is_past_expiry(11_000));
+        assert!(!graced.is_expired(15_999));
+        assert!(graced.is_expired(16_000));
+        let capped = entry(b"1").with_l1_lifetime(5_000, 5_000);
+        assert!(!capped.is_fresh(5_000) && !capped.is_past_expiry(5_000) && !capped.is_expired(5_000));
+        let key = Key::parse("k", 512).unwrap();
+        let negative = Entry::negative(&key, 1_000, 2_000, 1).with_l1_lifetime(u64::MAX, 5_000);
+        assert!(negative.is_negative() && negative.is_expired(2_000), "a remembered 404 is never served stale");
+    }
+
+    #[test]
+    fn the_prefetch_mark_is_taken_once() {
+        let entry = entry(b"1").mark_prefetched();
+        assert!(entry.take_prefetched());
+        assert!(!entry.take_prefetched());
     }
 
     #[test]

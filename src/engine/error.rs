@@ -16,4 +16,7 @@ pub enum EngineError {
     /// L2 is configured but could not take part in an operation that needs it.
     #[error("l2 unavailable")]
     L2Unavailable,
+    /// The origin failed for a read and no stale copy could stand in.
+    #[error("{0}")]
+    Origin(super::OriginError),
 }

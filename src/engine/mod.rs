@@ -2,19 +2,23 @@
 //!
 //! `Engine` is the one entry point the HTTP layer and the tasks call. It speaks domain types
 //! (`Key`, `Entry`, `Source`) and reports failures as `EngineError`; a miss is `None`.
-//! Tiers: L1 (in process) and, when configured, L2 (Redis, shared). Reads go L1 → L2 and fill
-//! L1; writes go to both before they are answered (`read.rs`, `write.rs`); invalidations act on
-//! both and are published to the other instances (`invalidation.rs`, `messages.rs`).
+//! Tiers: L1 (in process) and, when configured, L2 (Redis, shared), in front of an optional
+//! HTTP origin. Reads go L1 → L2 → origin, one flight per key (`read.rs`, `flight.rs`,
+//! `origin.rs`); writes go to both tiers before they are answered (`write.rs`); invalidations
+//! act on both and are published to the other instances (`invalidation.rs`, `messages.rs`).
 
 pub mod clock;
 pub mod entry;
 pub mod error;
+mod flight;
 pub mod glob;
 mod invalidation;
 pub mod key;
 mod l1;
 pub mod l2;
 mod messages;
+mod origin;
+mod prefetch;
 mod read;
 mod write;
 
@@ -24,14 +28,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
 pub use self::clock::Clock;
 pub use self::entry::Entry;
 pub use self::error::EngineError;
+use self::flight::Flights;
 pub use self::key::{Key, Tag};
 use self::l1::L1;
 use self::l2::{L2Status, L2};
 use self::messages::SequenceTracker;
+use self::origin::Origin;
+pub use self::origin::OriginError;
+use self::prefetch::PrefetchQueue;
+use self::read::Resolved;
 use crate::config::{EngineConfig, EntryLimits, WritePolicy};
 use crate::metrics::{EvictionReason, Metrics};
 
@@ -40,6 +50,7 @@ use crate::metrics::{EvictionReason, Metrics};
 pub enum Source {
     L1,
     L2,
+    Origin,
 }
 
 impl Source {
@@ -47,8 +58,49 @@ impl Source {
         match self {
             Source::L1 => "l1",
             Source::L2 => "l2",
+            Source::Origin => "origin",
         }
     }
+}
+
+/// How an answered entry stands: the `X-Cache` and `Cache-Status` of a GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A fresh copy from L1 or L2.
+    Fresh,
+    /// Fetched from the origin for this read; `stored` unless the origin forbade caching it.
+    Fetched { stored: bool },
+    /// Past its expiry, within `cache.grace_secs`.
+    Stale(Stale),
+}
+
+/// Why a stale copy was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// A background refresh runs (stale-while-revalidate).
+    Refreshing,
+    /// The origin failed or did not answer in time (fail-safe).
+    OriginFailed,
+    /// Nothing could refresh it: no origin, and no other tier to look in.
+    NoRefresh,
+}
+
+/// What a read found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Hit(Hit),
+    Miss(Miss),
+}
+
+/// Why a read found nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No tier has it and there is no origin.
+    Absent,
+    /// The origin answered 404; `stored` when it is remembered (`origin.negative_ttl_secs`).
+    NotFound { stored: bool },
+    /// A 404 of the origin, remembered.
+    Negative,
 }
 
 /// What happened to a write in L2, the `"l2"` field of a PUT answer.
@@ -87,11 +139,12 @@ impl TierStatus {
     }
 }
 
-/// A fresh entry and the tier it came from.
+/// An entry, the tier it came from, and how it stands.
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub entry: Arc<Entry>,
     pub source: Source,
+    pub served: Served,
 }
 
 /// A write as a caller asks for it; [`Engine::validate`] checks it against the limits.
@@ -161,6 +214,14 @@ pub struct EngineStats {
     pub invalidations_published: u64,
     pub invalidations_received: u64,
     pub invalidations_malformed: u64,
+    /// Origin requests, whatever their result; `origin_errors` counts the failed ones.
+    pub origin_fetches: u64,
+    pub origin_errors: u64,
+    pub coalesced: u64,
+    pub stale_served: u64,
+    pub prefetch_requests: u64,
+    pub prefetch_hits: u64,
+    pub prefetch_queue_size: u64,
 }
 
 pub struct Engine {
@@ -172,6 +233,14 @@ pub struct Engine {
     l1_max_ttl: Option<Duration>,
     channel: String,
     flush_l1_on_reconnect: bool,
+    /// `cache.grace_secs`; zero = no stale serving.
+    grace: Duration,
+    origin: Option<Origin>,
+    /// Lookups below L1 in flight, one per key (`flight.rs`).
+    flights: Flights<Resolved>,
+    prefetch_queue: PrefetchQueue,
+    /// Flight tasks: short-lived (bounded by `origin.timeout_ms`), waited for at shutdown.
+    background: TaskTracker,
     instance_id: String,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -192,6 +261,11 @@ impl Engine {
             l1_max_ttl: config.l1_max_ttl,
             channel: config.channel,
             flush_l1_on_reconnect: config.flush_l1_on_reconnect,
+            grace: config.grace,
+            origin: config.origin.map(Origin::new),
+            flights: Flights::new(),
+            prefetch_queue: PrefetchQueue::new(config.prefetch_max_queue),
+            background: TaskTracker::new(),
             instance_id,
             clock,
             metrics,
@@ -203,6 +277,16 @@ impl Engine {
 
     pub fn has_l2(&self) -> bool {
         self.l2.is_some()
+    }
+
+    pub fn has_origin(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// Waits, bounded, for the flights still running (shutdown, after requests drained).
+    pub async fn finish_background(&self, limit: Duration) -> bool {
+        self.background.close();
+        tokio::time::timeout(limit, self.background.wait()).await.is_ok()
     }
 
     pub fn l2_config(&self) -> Option<&l2::L2Config> {
@@ -353,6 +437,13 @@ impl Engine {
             invalidations_published: metrics.invalidations_published.get(),
             invalidations_received: metrics.invalidations_received.get(),
             invalidations_malformed: metrics.invalidations_malformed.get(),
+            origin_fetches: metrics.origin_ok.get() + metrics.origin_not_found.get() + metrics.origin_errors.get(),
+            origin_errors: metrics.origin_errors.get(),
+            coalesced: metrics.coalesced.get(),
+            stale_served: metrics.stale_served.get(),
+            prefetch_requests: metrics.prefetch_requests.get(),
+            prefetch_hits: metrics.prefetch_hits.get(),
+            prefetch_queue_size: self.prefetch_queue.len() as u64,
         }
     }
 
@@ -360,6 +451,7 @@ impl Engine {
     pub fn refresh_gauges(&self) {
         self.metrics.entries.set(self.l1.len() as i64);
         self.metrics.bytes.set(self.l1.bytes() as i64);
+        self.metrics.prefetch_queue_size.set(self.prefetch_queue.len() as i64);
     }
 }
 

@@ -1,93 +1,404 @@
-//! The read path: L1, then L2 (filling L1 with the entry's remaining TTL, capped by
-//! `l1.max_ttl_secs`), then a miss. An L2 outage is a miss, never an error: the breaker and
-//! `l2.timeout_ms` bound how long a read can wait for Redis.
+//! The read path: L1 → (one flight per key) L2 → origin → miss, with stale serving.
+//!
+//! 1. L1 (synchronous, no allocation on a fresh hit). A fresh copy answers. A copy past its
+//!    expiry but within grace answers at once, marked stale, and starts a refresh flight unless
+//!    one runs (stale-while-revalidate). A copy only past its L1 deadline (`l1.max_ttl_secs`) is
+//!    kept aside as the fallback.
+//! 2. Anything else joins the key's flight (`flight.rs`): L2, filling L1 with the remaining
+//!    TTL; then the origin, storing what it may cache in L1 and L2. A stale L2 copy is handed to
+//!    the waiters at once while the same flight goes on to the origin.
+//! 3. When the origin fails or the wait passes `origin.timeout_ms`, a stale copy within grace
+//!    is served (fail-safe), else the error. An L2 outage is a miss, never an error.
+//!
+//! Fills honour the L1 fill token taken when the flight starts: a write, removal or clear of
+//! the key since then wins, and the fill is dropped (and its L2 write skipped).
+//!
+//! Counting: `hits` (by tier) for fresh answers from L1 or L2, `misses` for everything the
+//! cache could not answer itself (origin fetches included), `stale_served` for stale answers
+//! (neither a hit nor a miss), `coalesced` for reads that joined a running flight.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::l2::{Envelope, L2};
-use super::{Engine, Entry, Hit, Key, Source, Tag};
+use futures_util::future::join_all;
+
+use super::flight::{self, FlightRun};
+use super::l1::FillToken;
+use super::l2::Envelope;
+use super::origin::{Fetched, OriginError};
+use super::prefetch::{PrefetchOutcome, Queued};
+use super::write::envelope_of;
+use super::{Engine, EngineError, Entry, Hit, Key, Lookup, Miss, Served, Source, Stale, Tag};
 use crate::metrics::EvictionReason;
 
+/// How long a read waits for an L2-only flight (no origin): L2 calls are bounded by
+/// `l2.timeout_ms` already, this only guards against a flight that never publishes.
+const L2_ONLY_WAIT: Duration = Duration::from_secs(5);
+
+/// What a flight found, shared by its waiters.
+#[derive(Debug, Clone)]
+pub(crate) enum Resolved {
+    Found(Hit),
+    /// No tier has it and there is no origin to ask.
+    Absent,
+    /// The origin answered 404; `stored` when it is remembered (`origin.negative_ttl_secs`).
+    NotFound {
+        stored: bool,
+    },
+    Failed(OriginError),
+}
+
+/// What L1 holds for a key at one instant.
+enum L1State {
+    Fresh(Arc<Entry>),
+    /// A remembered origin 404.
+    Negative,
+    /// Past its expiry, within grace.
+    Stale(Arc<Entry>),
+    /// Past its L1 deadline but not its expiry, within grace: a fallback, not an answer.
+    Aged(Arc<Entry>),
+    Absent,
+}
+
 impl Engine {
-    /// The fresh entry for `key` from the nearest tier that has it, counting a hit or a miss.
-    pub async fn get(&self, key: &Key) -> Option<Hit> {
-        if let Some(hit) = self.get_l1(key.as_str()) {
-            self.metrics.hits_l1.inc();
-            return Some(hit);
-        }
-        let hit = match &self.l2 {
-            Some(l2) => self.get_l2(l2, key).await,
-            None => None,
+    /// The answer for `key` from the nearest tier that has it, or the origin.
+    ///
+    /// # Errors
+    /// [`EngineError::Origin`] when the origin failed and no stale copy could stand in.
+    pub async fn read(self: &Arc<Self>, key: &Key) -> Result<Lookup, EngineError> {
+        let fallback = match self.probe_l1(key) {
+            L1State::Fresh(entry) => {
+                self.metrics.hits_l1.inc();
+                if entry.take_prefetched() {
+                    self.metrics.prefetch_hits.inc();
+                }
+                return Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Fresh }));
+            }
+            L1State::Negative => {
+                self.metrics.misses.inc();
+                return Ok(Lookup::Miss(Miss::Negative));
+            }
+            L1State::Stale(entry) => return Ok(Lookup::Hit(self.serve_stale(key, entry, Source::L1))),
+            L1State::Aged(entry) => Some(entry),
+            L1State::Absent => None,
         };
-        match hit {
-            Some(_) => self.metrics.hits_l2.inc(),
-            None => self.metrics.misses.inc(),
+        if self.l2.is_none() && self.origin.is_none() {
+            self.metrics.misses.inc();
+            return Ok(Lookup::Miss(Miss::Absent));
         }
-        hit
+        let resolved = self.join_flight(key, true, false).await;
+        self.settle(resolved, fallback)
     }
 
-    /// The fresh entries for `keys` (distinct), in order: one L2 round trip for all L1 misses.
-    pub async fn get_many(&self, keys: &[Key]) -> Vec<Option<Hit>> {
-        let mut hits: Vec<Option<Hit>> = keys.iter().map(|key| self.get_l1(key.as_str())).collect();
-        let n_l1 = hits.iter().filter(|hit| hit.is_some()).count();
-        self.metrics.hits_l1.inc_by(n_l1 as u64);
-        if let Some(l2) = &self.l2 {
-            let missing: Vec<usize> = (0..keys.len()).filter(|idx| hits[*idx].is_none()).collect();
-            if !missing.is_empty() {
-                let tokens: Vec<_> = missing.iter().map(|idx| self.l1.fill_token(keys[*idx].as_str())).collect();
-                let names: Vec<&str> = missing.iter().map(|idx| keys[*idx].as_str()).collect();
-                if let Ok(envelopes) = l2.get_many(&names).await {
-                    for ((idx, token), envelope) in missing.iter().zip(tokens).zip(envelopes) {
-                        hits[*idx] = match envelope {
-                            Some(envelope) => self.fill_from_l2(&keys[*idx], envelope, token),
-                            None => {
-                                self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
-                                None
-                            }
-                        };
-                        if hits[*idx].is_some() {
+    /// The answers for `keys` (distinct), in order: L1, then one L2 round trip for the rest,
+    /// then the origin for what is still missing, concurrently (each key coalesced with single
+    /// reads). A key the origin failed for is a miss here, unless a stale copy stands in.
+    pub async fn read_many(self: &Arc<Self>, keys: &[Key]) -> Vec<Option<Hit>> {
+        let mut answers: Vec<Option<Hit>> = Vec::with_capacity(keys.len());
+        let mut pending: Vec<(usize, Option<Arc<Entry>>)> = Vec::new();
+        for (idx, key) in keys.iter().enumerate() {
+            answers.push(match self.probe_l1(key) {
+                L1State::Fresh(entry) => {
+                    self.metrics.hits_l1.inc();
+                    Some(Hit { entry, source: Source::L1, served: Served::Fresh })
+                }
+                L1State::Negative => {
+                    self.metrics.misses.inc();
+                    None
+                }
+                L1State::Stale(entry) => Some(self.serve_stale(key, entry, Source::L1)),
+                L1State::Aged(entry) => {
+                    pending.push((idx, Some(entry)));
+                    None
+                }
+                L1State::Absent => {
+                    pending.push((idx, None));
+                    None
+                }
+            });
+        }
+        if let (Some(l2), false) = (&self.l2, pending.is_empty()) {
+            let tokens: Vec<FillToken> =
+                pending.iter().map(|(idx, _)| self.l1.fill_token(keys[*idx].as_str())).collect();
+            let names: Vec<&str> = pending.iter().map(|(idx, _)| keys[*idx].as_str()).collect();
+            if let Ok(envelopes) = l2.get_many(&names).await {
+                let mut still_pending = Vec::new();
+                for ((idx, fallback), (token, envelope)) in pending.into_iter().zip(tokens.into_iter().zip(envelopes)) {
+                    let key = &keys[idx];
+                    match envelope.and_then(|envelope| self.fill_from_l2(key, envelope, token)) {
+                        Some(entry) if !entry.is_past_expiry(self.clock.now_ms()) => {
                             self.metrics.hits_l2.inc();
+                            answers[idx] = Some(Hit { entry, source: Source::L2, served: Served::Fresh });
+                        }
+                        Some(stale) => answers[idx] = Some(self.serve_stale(key, stale, Source::L2)),
+                        None => {
+                            self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
+                            still_pending.push((idx, fallback));
                         }
                     }
                 }
+                pending = still_pending;
             }
         }
-        let n_missing = hits.iter().filter(|hit| hit.is_none()).count();
-        self.metrics.misses.inc_by(n_missing as u64);
-        hits
+        if self.origin.is_none() {
+            self.metrics.misses.inc_by(pending.len() as u64);
+            return answers;
+        }
+        let fetches = pending.iter().map(|(idx, _)| self.join_flight(&keys[*idx], false, false));
+        let results = join_all(fetches).await;
+        for ((idx, fallback), resolved) in pending.into_iter().zip(results) {
+            answers[idx] = match self.settle(resolved, fallback) {
+                Ok(Lookup::Hit(hit)) => Some(hit),
+                Ok(Lookup::Miss(_)) | Err(_) => None,
+            };
+        }
+        answers
     }
 
-    /// L1 alone, without counting: an expired copy is removed and never returned.
+    /// Queues keys for the prefetch workers, skipping those cached fresh in L1 or in flight.
+    pub fn queue_prefetch(&self, items: &[(Key, f64)]) -> PrefetchOutcome {
+        let outcome = self
+            .prefetch_queue
+            .offer(items, self.clock.now_ms(), |key| self.is_cached(key) || self.flights.is_running(key.as_str()));
+        self.metrics.prefetch_requests.inc_by(outcome.queued as u64);
+        self.metrics.prefetch_queue_size.set(self.prefetch_queue.len() as i64);
+        outcome
+    }
+
+    /// The prefetch queue, highest priority first.
+    pub fn prefetch_queue(&self) -> Vec<Queued> {
+        self.prefetch_queue.list()
+    }
+
+    /// Waits for the next key to prefetch (a worker's loop).
+    pub async fn next_prefetch(&self) -> Key {
+        let key = self.prefetch_queue.next().await;
+        self.metrics.prefetch_queue_size.set(self.prefetch_queue.len() as i64);
+        key
+    }
+
+    /// Brings `key` in through L2 or the origin unless L1 holds it fresh (a prefetch worker's
+    /// job); an entry it brings from the origin counts in `prefetch_hits` when first read.
+    /// Returns whether the key is now cached.
+    pub async fn prefetch(self: &Arc<Self>, key: &Key) -> bool {
+        if matches!(self.probe_l1(key), L1State::Fresh(_) | L1State::Negative) {
+            return true;
+        }
+        matches!(self.join_flight(key, true, true).await, Some(Resolved::Found(_)))
+    }
+
+    /// Whether `key` is in L1 and fresh, without counting a read or touching the policy.
+    pub fn is_cached(&self, key: &Key) -> bool {
+        self.l1.peek(key.as_str()).is_some_and(|entry| entry.is_fresh(self.clock.now_ms()))
+    }
+
+    /// L1 alone, without counting: a copy past every deadline is removed and never returned.
     #[inline]
-    fn get_l1(&self, key: &str) -> Option<Hit> {
-        let entry = self.l1.get(key)?;
-        if entry.is_expired(self.clock.now_ms()) {
-            self.l1.remove_version(key, entry.version(), EvictionReason::Expired);
-            return None;
-        }
-        Some(Hit { entry, source: Source::L1 })
-    }
-
-    async fn get_l2(&self, l2: &L2, key: &Key) -> Option<Hit> {
-        let token = self.l1.fill_token(key.as_str());
-        match l2.get(key.as_str()).await {
-            Ok(Some(envelope)) => self.fill_from_l2(key, envelope, token),
-            Ok(None) => {
-                self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(err) => {
-                tracing::debug!(%err, "l2 read failed, answering from the tiers that remain");
-                None
-            }
-        }
-    }
-
-    /// Turns an L2 envelope into a hit and copies it into L1 unless the key changed meanwhile.
-    fn fill_from_l2(&self, key: &Key, envelope: Envelope, token: super::l1::FillToken) -> Option<Hit> {
+    fn probe_l1(&self, key: &Key) -> L1State {
+        let Some(entry) = self.l1.get(key.as_str()) else { return L1State::Absent };
         let now_ms = self.clock.now_ms();
-        if envelope.expires_at_ms <= now_ms {
+        if entry.is_fresh(now_ms) {
+            return if entry.is_negative() { L1State::Negative } else { L1State::Fresh(entry) };
+        }
+        if entry.is_expired(now_ms) {
+            self.l1.remove_version(key.as_str(), entry.version(), EvictionReason::Expired);
+            return L1State::Absent;
+        }
+        if entry.is_past_expiry(now_ms) {
+            L1State::Stale(entry)
+        } else {
+            L1State::Aged(entry)
+        }
+    }
+
+    /// A stale copy answers now; a refresh starts unless one runs or nothing could refresh it
+    /// (no origin, and the copy came from L2 or there is no L2 to look in).
+    fn serve_stale(self: &Arc<Self>, key: &Key, entry: Arc<Entry>, source: Source) -> Hit {
+        self.metrics.stale_served.inc();
+        let check_l2 = source == Source::L1 && self.l2.is_some();
+        let stale = if !check_l2 && self.origin.is_none() {
+            Stale::NoRefresh
+        } else {
+            if !self.flights.is_running(key.as_str()) {
+                if let Some(run) = self.flights.join(key).run {
+                    self.spawn_flight(run, check_l2, false);
+                }
+            }
+            Stale::Refreshing
+        };
+        Hit { entry, source, served: Served::Stale(stale) }
+    }
+
+    /// Joins (or starts) the flight for `key` and waits for its first result, bounded.
+    async fn join_flight(self: &Arc<Self>, key: &Key, check_l2: bool, prefetch: bool) -> Option<Resolved> {
+        let joined = self.flights.join(key);
+        match joined.run {
+            Some(run) => self.spawn_flight(run, check_l2, prefetch),
+            None => self.metrics.coalesced.inc(),
+        }
+        let limit = self.origin.as_ref().map_or(L2_ONLY_WAIT, |origin| origin.timeout());
+        flight::wait(joined.receiver, limit).await
+    }
+
+    fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, check_l2: bool, prefetch: bool) {
+        let engine = self.clone();
+        self.background.spawn(async move {
+            let resolved = engine.resolve(&run, check_l2, prefetch).await;
+            run.publish(resolved);
+        });
+    }
+
+    /// One flight: L2 (unless the caller just looked), then the origin.
+    async fn resolve(&self, run: &FlightRun<Resolved>, check_l2: bool, prefetch: bool) -> Resolved {
+        let key = run.key();
+        let started = Instant::now();
+        let token = self.l1.fill_token(key.as_str());
+        let mut stale_from_l2 = None;
+        if let (Some(l2), true) = (&self.l2, check_l2) {
+            match l2.get(key.as_str()).await {
+                Ok(Some(envelope)) => match self.fill_from_l2(key, envelope, token) {
+                    Some(entry) if !entry.is_past_expiry(self.clock.now_ms()) => {
+                        return Resolved::Found(Hit { entry, source: Source::L2, served: Served::Fresh })
+                    }
+                    Some(stale) => stale_from_l2 = Some(stale),
+                    None => {}
+                },
+                Ok(None) => {
+                    self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => tracing::debug!(%err, "l2 read failed, answering from the tiers that remain"),
+            }
+        }
+        let Some(origin) = &self.origin else {
+            return match stale_from_l2 {
+                Some(entry) => {
+                    Resolved::Found(Hit { entry, source: Source::L2, served: Served::Stale(Stale::NoRefresh) })
+                }
+                None => Resolved::Absent,
+            };
+        };
+        if let Some(entry) = &stale_from_l2 {
+            let served = Served::Stale(Stale::Refreshing);
+            run.publish(Resolved::Found(Hit { entry: entry.clone(), source: Source::L2, served }));
+        }
+        let fetched = origin.fetch(key, started + origin.timeout(), &self.metrics).await;
+        let now_ms = self.clock.now_ms();
+        match fetched {
+            Ok(Fetched::Value { value, ttl }) => {
+                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+                let expires_at_ms = now_ms.saturating_add(ttl.map_or(0, |ttl| ttl.as_millis() as u64));
+                let mut entry = Entry::new(key, value, now_ms, expires_at_ms, [].into(), [].into(), version)
+                    .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms());
+                if prefetch {
+                    entry = entry.mark_prefetched();
+                }
+                let entry = Arc::new(entry);
+                let stored = match ttl {
+                    Some(ttl) => self.store_fetched(key, &entry, ttl, token).await,
+                    None => {
+                        self.drop_unfresh_copy(key);
+                        false
+                    }
+                };
+                Resolved::Found(Hit { entry, source: Source::Origin, served: Served::Fetched { stored } })
+            }
+            Ok(Fetched::NotFound) => {
+                let stored = match origin.negative_ttl() {
+                    Some(ttl) => {
+                        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+                        let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
+                        let entry = Entry::negative(key, now_ms, expires_at_ms, version)
+                            .with_l1_lifetime(self.l1_deadline(now_ms), 0);
+                        self.l1.insert_fill(key, Arc::new(entry), token, now_ms)
+                    }
+                    None => false,
+                };
+                if !stored {
+                    self.drop_unfresh_copy(key);
+                }
+                Resolved::NotFound { stored }
+            }
+            Err(err) => match stale_from_l2 {
+                Some(entry) => {
+                    Resolved::Found(Hit { entry, source: Source::L2, served: Served::Stale(Stale::OriginFailed) })
+                }
+                None => Resolved::Failed(err),
+            },
+        }
+    }
+
+    /// Stores an origin value in L2 (kept `grace` longer) and L1, unless the key changed since
+    /// `token`. Returns whether it was stored. The L2 write is best effort: the value is the
+    /// origin's, so losing it costs a refetch, never correctness.
+    async fn store_fetched(&self, key: &Key, entry: &Arc<Entry>, ttl: Duration, token: FillToken) -> bool {
+        if !self.l1.is_unchanged(token) {
+            return false;
+        }
+        if let Some(l2) = &self.l2 {
+            let envelope = envelope_of(entry);
+            if let Err(err) = l2.set_many(&[(key.as_str(), &envelope, self.l2_retention(ttl))]).await {
+                tracing::debug!(%err, "l2 write of an origin value failed");
+            }
+        }
+        if self.l1.fits(entry.size()) {
+            self.l1.insert_fill(key, entry.clone(), token, self.clock.now_ms());
+        }
+        true
+    }
+
+    /// The origin said not to keep the key: a stale or aged copy must not be served again.
+    fn drop_unfresh_copy(&self, key: &Key) {
+        if let Some(resident) = self.l1.peek(key.as_str()) {
+            if !resident.is_fresh(self.clock.now_ms()) {
+                self.l1.remove_version(key.as_str(), resident.version(), EvictionReason::Expired);
+            }
+        }
+    }
+
+    /// Turns a flight's result into an answer, counting it; `fallback` stands in on failure.
+    fn settle(&self, resolved: Option<Resolved>, fallback: Option<Arc<Entry>>) -> Result<Lookup, EngineError> {
+        let resolved = resolved.unwrap_or(Resolved::Failed(OriginError::Timeout));
+        match resolved {
+            Resolved::Found(hit) => {
+                match (&hit.served, hit.source) {
+                    (Served::Fresh, Source::L2) => self.metrics.hits_l2.inc(),
+                    (Served::Stale(_), _) => self.metrics.stale_served.inc(),
+                    _ => self.metrics.misses.inc(),
+                }
+                Ok(Lookup::Hit(hit))
+            }
+            Resolved::Absent => {
+                self.metrics.misses.inc();
+                Ok(Lookup::Miss(Miss::Absent))
+            }
+            Resolved::NotFound { stored } => {
+                self.metrics.misses.inc();
+                Ok(Lookup::Miss(Miss::NotFound { stored }))
+            }
+            Resolved::Failed(err) => match fallback {
+                Some(entry) => {
+                    self.metrics.stale_served.inc();
+                    Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Stale(Stale::OriginFailed) }))
+                }
+                None if self.origin.is_none() => {
+                    // An L2-only flight that died: L2 is a best-effort tier, so this is a miss.
+                    self.metrics.misses.inc();
+                    Ok(Lookup::Miss(Miss::Absent))
+                }
+                None => {
+                    self.metrics.misses.inc();
+                    Err(EngineError::Origin(err))
+                }
+            },
+        }
+    }
+
+    /// Turns an L2 envelope into an entry and copies it into L1 unless the key changed
+    /// meanwhile. `None` when it is past expiry and grace, or malformed.
+    fn fill_from_l2(&self, key: &Key, envelope: Envelope, token: FillToken) -> Option<Arc<Entry>> {
+        let now_ms = self.clock.now_ms();
+        if envelope.expires_at_ms.saturating_add(self.grace_ms()) <= now_ms {
             return None;
         }
         let tags: Result<Box<[Tag]>, _> = envelope.tags.iter().map(|tag| Tag::parse(tag)).collect();
@@ -101,18 +412,28 @@ impl Engine {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let entry =
             Entry::new(key, envelope.value, envelope.cached_at_ms, envelope.expires_at_ms, tags, depends_on, version);
-        let entry = Arc::new(entry.with_l1_deadline(self.l1_deadline(now_ms)));
+        let entry = Arc::new(entry.with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms()));
         if self.l1.fits(entry.size()) {
-            self.l1.insert_fill(key, entry.clone(), token);
+            self.l1.insert_fill(key, entry.clone(), token, now_ms);
         }
-        Some(Hit { entry, source: Source::L2 })
+        Some(entry)
     }
 
-    /// When an L1 copy written or filled now must be dropped.
+    /// When an L1 copy written or filled now stops being fresh.
     pub(super) fn l1_deadline(&self, now_ms: u64) -> u64 {
         match (self.l2.is_some(), self.l1_max_ttl) {
             (true, Some(max_ttl)) => now_ms.saturating_add(max_ttl.as_millis() as u64),
             _ => u64::MAX,
         }
+    }
+
+    pub(super) fn grace_ms(&self) -> u64 {
+        self.grace.as_millis() as u64
+    }
+
+    /// How long L2 keeps an entry of `ttl`: its TTL plus grace, so every instance can serve it
+    /// stale.
+    pub(super) fn l2_retention(&self, ttl: Duration) -> Duration {
+        ttl.saturating_add(self.grace)
     }
 }

@@ -46,7 +46,7 @@ impl Engine {
                     write.depends_on,
                     version,
                 )
-                .with_l1_deadline(l1_deadline);
+                .with_l1_lifetime(l1_deadline, self.grace_ms());
                 (write.key, Arc::new(entry), write.ttl)
             })
             .collect();
@@ -93,8 +93,11 @@ impl Engine {
     async fn write_l2(&self, entries: &[(Key, Arc<Entry>, Duration)]) -> L2Write {
         let Some(l2) = &self.l2 else { return L2Write::Disabled };
         let envelopes: Vec<Envelope> = entries.iter().map(|(_, entry, _)| envelope_of(entry)).collect();
-        let batch: Vec<(&str, &Envelope, Duration)> =
-            entries.iter().zip(&envelopes).map(|((key, _, ttl), envelope)| (key.as_str(), envelope, *ttl)).collect();
+        let batch: Vec<(&str, &Envelope, Duration)> = entries
+            .iter()
+            .zip(&envelopes)
+            .map(|((key, _, ttl), envelope)| (key.as_str(), envelope, self.l2_retention(*ttl)))
+            .collect();
         match l2.set_many(&batch).await {
             Ok(()) => L2Write::Stored,
             Err(err) => {

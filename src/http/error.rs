@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, OriginError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -93,6 +93,13 @@ impl From<EngineError> for ApiError {
             EngineError::ValueTooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message),
             EngineError::L2Unavailable => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "l2_unavailable", "the shared cache (l2) is unavailable")
+            }
+            // The cause was logged once by the origin client; the client gets no detail.
+            EngineError::Origin(OriginError::Timeout) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "origin_timeout", "the origin did not answer in time")
+            }
+            EngineError::Origin(OriginError::Failed(_)) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "origin_error", "the origin failed")
             }
         }
     }

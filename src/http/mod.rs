@@ -63,7 +63,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/cache/batch/get", post(routes::bulk::batch_get))
         .route("/api/cache/batch/set", post(routes::bulk::batch_set))
         .route("/api/cache/evict", post(routes::bulk::evict))
-        .route("/api/cache/prefetch", post(routes::unbuilt::prefetch_queue).get(routes::unbuilt::prefetch_list))
+        .route("/api/cache/prefetch", post(routes::prefetch::queue).get(routes::prefetch::list))
         .route("/api/cache/warm", post(routes::unbuilt::warm_start).get(routes::unbuilt::warm_status))
         .route("/api/cache/snapshot", post(routes::unbuilt::snapshot))
         .route("/api/cache/metrics", get(routes::ops::metrics_json))

@@ -6,23 +6,35 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use crate::engine::clock::rfc3339;
-use crate::engine::{Hit, Key};
+use crate::engine::{Hit, Key, Miss, Served, Source, Stale};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_CACHE_SOURCE: HeaderName = HeaderName::from_static("x-cache-source");
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// `200` with the entry of SPEC §3, or `304` when `If-None-Match` names its ETag.
+/// `200` with the entry of SPEC §3, or `304` when `If-None-Match` names its ETag. An answer
+/// from the origin says `"hit":false`; a stale one adds `"stale":true`.
 pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Response {
     let entry = &hit.entry;
     let ttl_remaining = entry.ttl_remaining_secs(now_ms);
-    let mut headers = HeaderMap::with_capacity(5);
-    headers.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    let mut headers = HeaderMap::with_capacity(6);
+    let (x_cache, is_hit) = match hit.served {
+        Served::Fresh => ("HIT", true),
+        Served::Fetched { .. } => ("MISS", false),
+        Served::Stale(_) => ("STALE", true),
+    };
+    headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
     headers.insert(X_CACHE_SOURCE, HeaderValue::from_static(hit.source.as_str()));
+    headers.insert(CACHE_STATUS, cache_status_of_hit(hit, now_ms));
     if let Ok(etag) = HeaderValue::from_str(entry.etag()) {
         headers.insert(header::ETAG, etag);
     }
-    headers.insert(header::CACHE_CONTROL, max_age(ttl_remaining));
+    let cache_control = match hit.served {
+        Served::Fetched { stored: false } => HeaderValue::from_static("no-store"),
+        _ => max_age(ttl_remaining),
+    };
+    headers.insert(header::CACHE_CONTROL, cache_control);
 
     if let Some(condition) = request_headers.get(header::IF_NONE_MATCH) {
         if etag_matches(condition.as_bytes(), entry.etag()) {
@@ -30,12 +42,16 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
         }
     }
 
-    let mut body = Vec::with_capacity(entry.value().len() + key.len() + 160);
+    let mut body = Vec::with_capacity(entry.value().len() + key.len() + 176);
     body.extend_from_slice(b"{\"key\":");
     push_json_str(&mut body, key.as_str());
     body.extend_from_slice(b",\"value\":");
     body.extend_from_slice(entry.value());
-    body.extend_from_slice(b",\"hit\":true,\"source\":\"");
+    body.extend_from_slice(if is_hit { b",\"hit\":true" } else { b",\"hit\":false" });
+    if matches!(hit.served, Served::Stale(_)) {
+        body.extend_from_slice(b",\"stale\":true");
+    }
+    body.extend_from_slice(b",\"source\":\"");
     body.extend_from_slice(hit.source.as_str().as_bytes());
     body.extend_from_slice(b"\",\"cached_at\":\"");
     body.extend_from_slice(rfc3339(entry.cached_at_ms()).as_bytes());
@@ -56,18 +72,54 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
 }
 
 /// `404 {"key","hit":false}` with `X-Cache: MISS`.
-pub fn miss(key: &Key) -> Response {
+pub fn miss(key: &Key, miss: Miss) -> Response {
     let mut body = Vec::with_capacity(key.len() + 24);
     body.extend_from_slice(b"{\"key\":");
     push_json_str(&mut body, key.as_str());
     body.extend_from_slice(b",\"hit\":false}");
-    let mut headers = HeaderMap::with_capacity(2);
+    let mut headers = HeaderMap::with_capacity(3);
     headers.insert(X_CACHE, HeaderValue::from_static("MISS"));
+    headers.insert(CACHE_STATUS, HeaderValue::from_static(cache_status_of_miss(miss)));
     headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
     with_headers(StatusCode::NOT_FOUND, headers, Body::from(body))
 }
 
-/// The `entries` object of a batch read: `{key:{value,source,expires_at}}`, plus `missing`.
+/// The RFC 9211 `Cache-Status` of an answered GET. `ttl` is the freshness left in seconds,
+/// negative once stale; `detail` names what the standard parameters cannot say.
+fn cache_status_of_hit(hit: &Hit, now_ms: u64) -> HeaderValue {
+    let entry = &hit.entry;
+    let ttl = if entry.is_past_expiry(now_ms) {
+        // Rounded away from zero: a stale answer never reports ttl=0 as if still fresh.
+        -(((now_ms - entry.expires_at_ms()).div_ceil(1000).max(1)) as i64)
+    } else {
+        entry.ttl_remaining_secs(now_ms) as i64
+    };
+    let text = match (hit.served, hit.source) {
+        (Served::Fresh, Source::L2) => format!("tiercache; hit; ttl={ttl}; detail=l2"),
+        (Served::Fresh, _) => format!("tiercache; hit; ttl={ttl}"),
+        (Served::Fetched { stored: true }, _) => format!("tiercache; fwd=miss; fwd-status=200; stored; ttl={ttl}"),
+        (Served::Fetched { stored: false }, _) => "tiercache; fwd=miss; fwd-status=200".to_string(),
+        (Served::Stale(Stale::Refreshing), _) => format!("tiercache; hit; fwd=stale; ttl={ttl}"),
+        (Served::Stale(Stale::OriginFailed), _) => format!("tiercache; hit; fwd=stale; ttl={ttl}; detail=fail-safe"),
+        (Served::Stale(Stale::NoRefresh), _) => format!("tiercache; hit; ttl={ttl}; detail=stale"),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("tiercache"))
+}
+
+fn cache_status_of_miss(miss: Miss) -> &'static str {
+    match miss {
+        Miss::Absent => "tiercache; detail=miss",
+        Miss::NotFound { stored: true } => "tiercache; fwd=miss; fwd-status=404; stored",
+        Miss::NotFound { stored: false } => "tiercache; fwd=miss; fwd-status=404",
+        Miss::Negative => "tiercache; hit; detail=negative",
+    }
+}
+
+/// The `Cache-Status` of a GET the origin failed for.
+pub const CACHE_STATUS_ORIGIN_ERROR: HeaderValue = HeaderValue::from_static("tiercache; fwd=miss; detail=origin-error");
+
+/// The `entries` object of a batch read: `{key:{value,source,expires_at}}` (plus
+/// `"stale":true` for a stale copy), and `missing`.
 pub fn batch_entries(found: &[(Key, Hit)], missing: &[Key]) -> Response {
     let value_bytes: usize = found.iter().map(|(key, hit)| key.len() + hit.entry.value().len() + 80).sum();
     let mut body = Vec::with_capacity(value_bytes + missing.len() * 16 + 32);
@@ -79,6 +131,9 @@ pub fn batch_entries(found: &[(Key, Hit)], missing: &[Key]) -> Response {
         push_json_str(&mut body, key.as_str());
         body.extend_from_slice(b":{\"value\":");
         body.extend_from_slice(hit.entry.value());
+        if matches!(hit.served, Served::Stale(_)) {
+            body.extend_from_slice(b",\"stale\":true");
+        }
         body.extend_from_slice(b",\"source\":\"");
         body.extend_from_slice(hit.source.as_str().as_bytes());
         body.extend_from_slice(b"\",\"expires_at\":\"");

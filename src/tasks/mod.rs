@@ -3,6 +3,7 @@
 
 pub(crate) mod l2_monitor;
 pub(crate) mod metrics_reporter;
+pub(crate) mod prefetch;
 pub(crate) mod subscriber;
 pub(crate) mod sweeper;
 

@@ -12,4 +12,6 @@ mod invalidation;
 mod l2;
 mod multi;
 mod ops;
+mod origin;
+mod prefetch;
 mod process;

@@ -139,17 +139,23 @@ impl L1 {
         }
     }
 
-    /// Stores a copy read from L2 unless the key was written, removed or cleared since `token`
-    /// was taken, or is resident already. Returns whether it was stored.
-    pub fn insert_fill(&self, key: &Key, entry: Arc<Entry>, token: FillToken) -> bool {
+    /// Stores a copy read from L2 or the origin unless the key was written, removed or cleared
+    /// since `token` was taken, or a fresh copy (at `now_ms`) is resident already; a stale
+    /// resident copy is replaced. Returns whether it was stored.
+    pub fn insert_fill(&self, key: &Key, entry: Arc<Entry>, token: FillToken, now_ms: u64) -> bool {
         let _write_guard = self.write_locks[token.stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let unchanged = self.epochs[token.stripe].load(Ordering::Acquire) == token.epoch
-            && self.clear_epoch.load(Ordering::Acquire) == token.clear_epoch;
-        if !unchanged || self.cache.peek(key.as_str()).is_some() {
+        if !self.is_unchanged(token) || self.cache.peek(key.as_str()).is_some_and(|resident| resident.is_fresh(now_ms))
+        {
             return false;
         }
         self.insert_locked(key, entry);
         true
+    }
+
+    /// Whether nothing wrote, removed or cleared the token's key since it was taken.
+    pub fn is_unchanged(&self, token: FillToken) -> bool {
+        self.epochs[token.stripe].load(Ordering::Acquire) == token.epoch
+            && self.clear_epoch.load(Ordering::Acquire) == token.clear_epoch
     }
 
     fn stripe_of(&self, key: &str) -> usize {
@@ -516,22 +522,27 @@ mod tests {
         let k = key("k");
         let token = cache.fill_token("k");
         cache.remove("k", EvictionReason::Invalidated); // Nothing resident: still cancels the fill.
-        assert!(!cache.insert_fill(&k, entry(&k, 10, 1, &[], &[]), token));
+        assert!(!cache.insert_fill(&k, entry(&k, 10, 1, &[], &[]), token, 0));
         assert!(cache.peek("k").is_none());
 
         let token = cache.fill_token("k");
         cache.insert(&k, entry(&k, 10, 2, &[], &[]));
-        assert!(!cache.insert_fill(&k, entry(&k, 10, 3, &[], &[]), token));
+        assert!(!cache.insert_fill(&k, entry(&k, 10, 3, &[], &[]), token, 0));
         assert_eq!(cache.peek("k").unwrap().version(), 2, "the write wins over the older fill");
 
         let other = key("other");
         let token = cache.fill_token("other");
         cache.clear();
-        assert!(!cache.insert_fill(&other, entry(&other, 10, 4, &[], &[]), token));
+        assert!(!cache.insert_fill(&other, entry(&other, 10, 4, &[], &[]), token, 0));
 
         let token = cache.fill_token("other");
-        assert!(cache.insert_fill(&other, entry(&other, 10, 5, &[], &[]), token));
+        assert!(cache.insert_fill(&other, entry(&other, 10, 5, &[], &[]), token, 0));
         assert_eq!(cache.peek("other").unwrap().version(), 5);
+
+        let token = cache.fill_token("other");
+        assert!(!cache.insert_fill(&other, entry(&other, 10, 6, &[], &[]), token, 59_999), "a fresh copy stays");
+        assert!(cache.insert_fill(&other, entry(&other, 10, 7, &[], &[]), token, 60_000), "a stale copy is replaced");
+        assert_eq!(cache.peek("other").unwrap().version(), 7);
     }
 
     #[test]

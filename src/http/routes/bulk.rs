@@ -51,7 +51,7 @@ pub async fn batch_get(
     let mut keys = parse_keys(&state, body.keys)?;
     let mut seen = HashSet::with_capacity(keys.len());
     keys.retain(|key| seen.insert(key.clone()));
-    let hits = state.engine.get_many(&keys).await;
+    let hits = state.engine.read_many(&keys).await;
     let mut found = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for (key, hit) in keys.into_iter().zip(hits) {

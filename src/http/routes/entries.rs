@@ -11,16 +11,21 @@ use serde_json::value::RawValue;
 
 use super::present_raw;
 use crate::engine::clock::rfc3339;
-use crate::engine::WriteRequest;
+use crate::engine::{Lookup, WriteRequest};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, KeyPath};
 use crate::http::render;
 use crate::http::AppState;
 
 pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> Response {
-    match state.engine.get(&key).await {
-        Some(hit) => render::hit(&key, &hit, state.engine.clock().now_ms(), &headers),
-        None => render::miss(&key),
+    match state.engine.read(&key).await {
+        Ok(Lookup::Hit(hit)) => render::hit(&key, &hit, state.engine.clock().now_ms(), &headers),
+        Ok(Lookup::Miss(miss)) => render::miss(&key, miss),
+        Err(err) => {
+            let mut response = ApiError::from(err).into_response();
+            response.headers_mut().insert(render::CACHE_STATUS, render::CACHE_STATUS_ORIGIN_ERROR);
+            response
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod bulk;
 pub mod entries;
 pub mod ops;
+pub mod prefetch;
 pub mod unbuilt;
 
 use serde::{Deserialize, Deserializer};

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+mod origin;
+
+pub use self::origin::{Reply, TestOrigin};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -140,6 +144,8 @@ impl TestResponse {
 }
 
 pub fn client() -> reqwest::Client {
+    // The service's reqwest build brings its own TLS provider choice: ring, installed once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().timeout(DEADLINE).build().expect("a reqwest client")
 }
 
