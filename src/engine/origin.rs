@@ -105,10 +105,11 @@ impl Origin {
         }
         let ttl = ttl_of(response.headers().get_all(reqwest::header::CACHE_CONTROL), &self.config);
         let limit = self.config.max_value_bytes;
-        if response.content_length().is_some_and(|len| len > limit as u64) {
+        let announced = response.content_length().unwrap_or(0);
+        if announced > limit as u64 {
             return Err(OriginError::Failed(format!("origin value is over cache.max_value_bytes ({limit})")));
         }
-        let mut body = BytesMut::new();
+        let mut body = BytesMut::with_capacity(announced as usize);
         while let Some(chunk) = response.chunk().await.map_err(|err| OriginError::Failed(error_chain(&err)))? {
             if body.len() + chunk.len() > limit {
                 return Err(OriginError::Failed(format!("origin value is over cache.max_value_bytes ({limit})")));
