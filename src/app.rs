@@ -6,7 +6,12 @@
 //! leaves its loop; (3) wait for the tasks, bounded, so a stuck task cannot hold the exit;
 //! (4) wait, bounded, for origin fetches still in flight (each is bounded by
 //! `origin.timeout_ms`), so a fetched value is not cut off between L2 and L1.
-//! (A final snapshot, when persistence exists, goes after (3).)
+//! (5) write the final snapshot when persistence is on, once nothing can change L1 any more.
+//!
+//! Start-up stages, each logged once: open L1 → start the L2 connection in the background
+//! (the monitor task) → decide the load (snapshot present: restore in the background and be
+//! ready at once; else a warm source: warm, ready when it ends or `warm.timeout_secs` passes,
+//! then snapshot; else ready at once) → listen.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +20,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::engine::snapshot::Persistence;
+use crate::engine::warm::Warmer;
 use crate::engine::{Clock, Engine};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::tasks;
+use crate::tasks::warmer::StartLoad;
 
 /// How long shutdown waits for background tasks after cancelling them.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +46,7 @@ pub struct App {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     engine: Arc<Engine>,
+    persistence: Option<Arc<Persistence>>,
     server: JoinHandle<std::io::Result<()>>,
     shutdown_grace: Duration,
 }
@@ -63,6 +72,7 @@ impl App {
         tasks.spawn(tasks::sweeper::run(engine.clone(), settings.cleanup_interval(), shutdown.clone()));
         tasks.spawn(tasks::metrics_reporter::run(engine.clone(), settings.metrics_interval(), shutdown.clone()));
         if engine.has_l2() {
+            tracing::info!("l2 connecting in the background");
             tasks.spawn(tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
             tasks.spawn(tasks::subscriber::run(engine.clone(), shutdown.clone()));
         }
@@ -72,8 +82,36 @@ impl App {
             }
         }
 
-        // No L2, warm source or snapshot yet: the start-up load is empty, so ready at once.
-        let ready = Arc::new(AtomicBool::new(false));
+        let persistence = settings.persistence_path().map(|path| Arc::new(Persistence::new(path)));
+        let warmer = Arc::new(Warmer::new(settings.warm_config()));
+        let start = match (&persistence, warmer.is_configured()) {
+            (Some(persistence), _) if persistence.has_snapshot() => StartLoad::Restore,
+            (_, true) => {
+                warmer.try_begin(engine.clock().now_ms());
+                StartLoad::Warm
+            }
+            _ => StartLoad::Nothing,
+        };
+        tracing::info!(load = ?start, "start-up load decided");
+        let ready = Arc::new(AtomicBool::new(start != StartLoad::Warm));
+        let warm_trigger = Arc::new(Notify::new());
+        let warmer_task = tasks::warmer::WarmerTask {
+            engine: engine.clone(),
+            warmer: warmer.clone(),
+            persistence: persistence.clone(),
+            interval: settings.warm_interval(),
+            trigger: warm_trigger.clone(),
+            ready: ready.clone(),
+        };
+        tasks.spawn(warmer_task.run(start, shutdown.clone()));
+        if let Some(persistence) = &persistence {
+            tasks.spawn(tasks::snapshotter::run(
+                engine.clone(),
+                persistence.clone(),
+                settings.persistence_interval(),
+                shutdown.clone(),
+            ));
+        }
         let server_config = settings.server_config();
         let state = AppState::new(http::Shared {
             engine: engine.clone(),
@@ -84,6 +122,9 @@ impl App {
             metrics_enabled: settings.metrics.enabled,
             in_flight: Arc::new(Semaphore::new(server_config.max_concurrency)),
             server: server_config.clone(),
+            warmer,
+            warm_trigger,
+            persistence: persistence.clone(),
         });
 
         let listen = settings.listen_addr();
@@ -106,8 +147,7 @@ impl App {
                     .await
             }
         });
-        ready.store(true, Ordering::Release);
-        tracing::info!(%local_addr, instance_id, "listening");
+        tracing::info!(%local_addr, instance_id, ready = ready.load(Ordering::Acquire), "listening");
         Ok(App {
             local_addr,
             instance_id,
@@ -115,6 +155,7 @@ impl App {
             shutdown,
             tasks,
             engine,
+            persistence,
             server,
             shutdown_grace: server_config.shutdown_grace,
         })
@@ -149,6 +190,10 @@ impl App {
         }
         if !self.engine.finish_background(TASK_STOP_TIMEOUT).await {
             tracing::warn!("origin fetches did not finish in time");
+        }
+        if let Some(persistence) = &self.persistence {
+            tracing::info!("shutdown: writing the final snapshot");
+            let _ = persistence.snapshot(&self.engine).await;
         }
         tracing::info!("shutdown complete");
     }

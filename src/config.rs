@@ -400,6 +400,19 @@ impl Settings {
         at_most("origin.max_concurrency", self.origin.max_concurrency, 1 << 20)?;
         at_most("cache.grace_secs", self.cache.grace_secs, TEN_YEARS_SECS)?;
         self.origin_url()?;
+        if !self.warm.url.is_empty() {
+            let url = reqwest::Url::parse(&self.warm.url)
+                .map_err(|err| ConfigError::new("warm.url", format!("not a valid URL: {err}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new("warm.url", "must be an http:// or https:// URL"));
+            }
+        }
+        if !self.warm.keys.is_empty() && self.origin.url.is_empty() {
+            return Err(ConfigError::new("warm.keys", "needs origin.url: warm keys are fetched through the origin"));
+        }
+        at_most("warm.timeout_secs", self.warm.timeout_secs, TEN_YEARS_SECS)?;
+        at_most("warm.interval_secs", self.warm.interval_secs, TEN_YEARS_SECS)?;
+        at_most("persistence.interval_secs", self.persistence.interval_secs, TEN_YEARS_SECS)?;
         if !matches!(self.compression.algorithm.as_str(), "zstd" | "none") {
             return Err(ConfigError::new("compression.algorithm", "must be \"zstd\" or \"none\""));
         }
@@ -435,9 +448,6 @@ impl Settings {
                 Ok(())
             }
         };
-        unbuilt("persistence.path", !self.persistence.path.is_empty())?;
-        unbuilt("warm.url", !self.warm.url.is_empty())?;
-        unbuilt("warm.keys", !self.warm.keys.is_empty())?;
         unbuilt("auth.tokens", !self.auth.tokens.is_empty())?;
         unbuilt("auth.read_tokens", !self.auth.read_tokens.is_empty())?;
         unbuilt("metrics.require_auth", self.metrics.require_auth)
@@ -513,6 +523,29 @@ impl Settings {
             return Ok(None);
         }
         OriginUrl::parse(&self.origin.url).map(Some).map_err(|problem| ConfigError::new("origin.url", problem))
+    }
+
+    /// `persistence.path`; `None` = snapshots off.
+    pub(crate) fn persistence_path(&self) -> Option<std::path::PathBuf> {
+        (!self.persistence.path.is_empty()).then(|| std::path::PathBuf::from(&self.persistence.path))
+    }
+
+    pub(crate) fn persistence_interval(&self) -> Duration {
+        Duration::from_secs(self.persistence.interval_secs)
+    }
+
+    pub(crate) fn warm_config(&self) -> crate::engine::warm::WarmConfig {
+        crate::engine::warm::WarmConfig {
+            url: (!self.warm.url.is_empty()).then(|| self.warm.url.clone()),
+            keys: self.warm.keys.clone(),
+            parallelism: clamp_usize(self.warm.parallelism),
+            timeout: Duration::from_secs(self.warm.timeout_secs),
+        }
+    }
+
+    /// `warm.interval_secs`; `None` = warm only at start (and on request).
+    pub(crate) fn warm_interval(&self) -> Option<Duration> {
+        (self.warm.interval_secs > 0).then(|| Duration::from_secs(self.warm.interval_secs))
     }
 
     pub(crate) fn prefetch_workers(&self) -> usize {
@@ -913,7 +946,12 @@ mod tests {
     fn lists_in_env_are_comma_separated() {
         let env = [("TIERCACHE__WARM__KEYS".to_string(), "a, b,c".to_string())];
         let err = Settings::load(None, env).unwrap_err();
-        assert_eq!(err.key, "warm.keys", "parsed as a list, then refused as unbuilt: {err}");
+        assert_eq!(err.key, "warm.keys", "parsed as a list, then refused without an origin: {err}");
+        let env = [
+            ("TIERCACHE__WARM__KEYS".to_string(), "a, b,c".to_string()),
+            ("TIERCACHE__ORIGIN__URL".to_string(), "http://127.0.0.1:1/{key}".to_string()),
+        ];
+        assert_eq!(Settings::load(None, env).unwrap().warm.keys, ["a", "b", "c"]);
     }
 
     #[test]

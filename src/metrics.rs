@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Why an entry left L1, the `reason` label of `tiercache_evictions_total`.
@@ -58,6 +59,12 @@ pub struct Metrics {
     /// First reads of entries brought in by prefetch.
     pub(crate) prefetch_hits: IntCounter,
     pub(crate) prefetch_queue_size: IntGauge,
+    pub(crate) warm_duration: Histogram,
+    pub(crate) snapshot_duration: Histogram,
+    /// Unix seconds of the last snapshot written; 0 = none yet.
+    pub(crate) snapshot_last_success: Gauge,
+    /// Snapshot files found at start but not restored (truncated, corrupt, other version).
+    pub(crate) snapshot_load_errors: IntCounter,
     /// L2 lookups that found nothing (JSON only: `tiercache_misses_total` counts whole misses).
     pub(crate) l2_misses: AtomicU64,
     /// Value bytes before and after compression, over compressed values only.
@@ -125,6 +132,26 @@ impl Metrics {
         let prefetch_hits =
             IntCounter::new("tiercache_prefetch_hits_total", "First reads of entries brought in by prefetch")
                 .expect("valid metric");
+        let slow_buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+        let warm_duration = Histogram::with_opts(
+            HistogramOpts::new("tiercache_warm_duration_seconds", "Time of one warm run").buckets(slow_buckets.clone()),
+        )
+        .expect("valid metric");
+        let snapshot_duration = Histogram::with_opts(
+            HistogramOpts::new("tiercache_snapshot_duration_seconds", "Time to write one snapshot")
+                .buckets(slow_buckets),
+        )
+        .expect("valid metric");
+        let snapshot_last_success = Gauge::new(
+            "tiercache_snapshot_last_success_timestamp_seconds",
+            "Unix time of the last snapshot written (0 = none)",
+        )
+        .expect("valid metric");
+        let snapshot_load_errors = IntCounter::new(
+            "tiercache_snapshot_load_errors_total",
+            "Snapshot files found at start but not restored (truncated, corrupt or another version)",
+        )
+        .expect("valid metric");
         let prefetch_queue_size =
             IntGauge::new("tiercache_prefetch_queue_size", "Keys waiting in the prefetch queue").expect("valid metric");
 
@@ -148,6 +175,10 @@ impl Metrics {
             Box::new(prefetch_requests.clone()),
             Box::new(prefetch_hits.clone()),
             Box::new(prefetch_queue_size.clone()),
+            Box::new(warm_duration.clone()),
+            Box::new(snapshot_duration.clone()),
+            Box::new(snapshot_last_success.clone()),
+            Box::new(snapshot_load_errors.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -181,6 +212,10 @@ impl Metrics {
             prefetch_requests,
             prefetch_hits,
             prefetch_queue_size,
+            warm_duration,
+            snapshot_duration,
+            snapshot_last_success,
+            snapshot_load_errors,
             l2_misses: AtomicU64::new(0),
             compressed_original_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),

@@ -20,6 +20,8 @@ mod messages;
 mod origin;
 mod prefetch;
 mod read;
+pub mod snapshot;
+pub mod warm;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -222,6 +224,8 @@ pub struct EngineStats {
     pub prefetch_requests: u64,
     pub prefetch_hits: u64,
     pub prefetch_queue_size: u64,
+    /// Unix ms of the last snapshot written by this process.
+    pub snapshot_last_success_ms: Option<u64>,
 }
 
 pub struct Engine {
@@ -444,6 +448,7 @@ impl Engine {
             prefetch_requests: metrics.prefetch_requests.get(),
             prefetch_hits: metrics.prefetch_hits.get(),
             prefetch_queue_size: self.prefetch_queue.len() as u64,
+            snapshot_last_success_ms: Some((metrics.snapshot_last_success.get() * 1000.0) as u64).filter(|ms| *ms > 0),
         }
     }
 

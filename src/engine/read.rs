@@ -182,10 +182,17 @@ impl Engine {
     /// job); an entry it brings from the origin counts in `prefetch_hits` when first read.
     /// Returns whether the key is now cached.
     pub async fn prefetch(self: &Arc<Self>, key: &Key) -> bool {
+        self.fetch_into_cache(key, true).await
+    }
+
+    /// Brings `key` into L1 through L2 or the origin unless it is there fresh (prefetch and
+    /// warming by keys); `prefetched` marks what the origin brings for `prefetch_hits`.
+    /// Returns whether the key is now cached.
+    pub async fn fetch_into_cache(self: &Arc<Self>, key: &Key, prefetched: bool) -> bool {
         if matches!(self.probe_l1(key), L1State::Fresh(_) | L1State::Negative) {
             return true;
         }
-        matches!(self.join_flight(key, true, true).await, Some(Resolved::Found(_)))
+        matches!(self.join_flight(key, true, prefetched).await, Some(Resolved::Found(_)))
     }
 
     /// Whether `key` is in L1 and fresh, without counting a read or touching the policy.

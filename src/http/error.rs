@@ -71,6 +71,10 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 
+    pub fn snapshot_failed() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", "the snapshot could not be written")
+    }
+
     pub fn not_ready() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "start-up loading is not finished")
     }

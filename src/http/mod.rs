@@ -14,11 +14,13 @@ use std::time::Instant;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::{ServerConfig, Settings};
+use crate::engine::snapshot::Persistence;
+use crate::engine::warm::Warmer;
 use crate::engine::{Clock, Engine};
 use crate::metrics::Metrics;
 
@@ -37,6 +39,11 @@ pub(crate) struct Shared {
     pub server: ServerConfig,
     /// In-flight request permits (`server.max_concurrency`); a request that finds none is shed.
     pub in_flight: Arc<Semaphore>,
+    pub warmer: Arc<Warmer>,
+    /// Wakes the warmer task after `POST /api/cache/warm` claimed a run.
+    pub warm_trigger: Arc<Notify>,
+    /// `None` when `persistence.path` is empty.
+    pub persistence: Option<Arc<Persistence>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -64,8 +71,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/cache/batch/set", post(routes::bulk::batch_set))
         .route("/api/cache/evict", post(routes::bulk::evict))
         .route("/api/cache/prefetch", post(routes::prefetch::queue).get(routes::prefetch::list))
-        .route("/api/cache/warm", post(routes::unbuilt::warm_start).get(routes::unbuilt::warm_status))
-        .route("/api/cache/snapshot", post(routes::unbuilt::snapshot))
+        .route("/api/cache/warm", post(routes::lifecycle::warm_start).get(routes::lifecycle::warm_status))
+        .route("/api/cache/snapshot", post(routes::lifecycle::snapshot))
         .route("/api/cache/metrics", get(routes::ops::metrics_json))
         .route("/api/cache/{*key}", get(routes::entries::get).put(routes::entries::put).delete(routes::entries::delete))
         .route("/metrics", get(routes::ops::prometheus))
@@ -97,5 +104,8 @@ pub fn router_for_tests(settings: &Settings) -> Router {
         metrics_enabled: settings.metrics.enabled,
         in_flight: Arc::new(Semaphore::new(server.max_concurrency)),
         server,
+        warmer: Arc::new(Warmer::new(settings.warm_config())),
+        warm_trigger: Arc::new(Notify::new()),
+        persistence: settings.persistence_path().map(|path| Arc::new(Persistence::new(path))),
     }))
 }

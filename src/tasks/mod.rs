@@ -4,8 +4,10 @@
 pub(crate) mod l2_monitor;
 pub(crate) mod metrics_reporter;
 pub(crate) mod prefetch;
+pub(crate) mod snapshotter;
 pub(crate) mod subscriber;
 pub(crate) mod sweeper;
+pub(crate) mod warmer;
 
 use std::time::Duration;
 

@@ -21,6 +21,10 @@
 //!   an invalidation is dropped (a miss), never resurrected (stale). Removals need no stripe: they clean up
 //!   conditionally on the version they removed. No stripe lock is held across `.await` (L1 is
 //!   synchronous) and a stripe lock is never taken inside a quick_cache hook.
+//! - While a snapshot restore runs, every write, removal and clear marks what it touched
+//!   *before* acting (`RestoreTracker`), and a restored entry is inserted under the key's
+//!   stripe lock only if the key is untouched and absent: a restore never overwrites or
+//!   resurrects what a client changed since start.
 //! - Knows nothing of Redis or HTTP.
 
 mod index;
@@ -52,6 +56,24 @@ pub(crate) struct L1 {
     /// Largest weight one shard can hold; a bigger entry could never be admitted.
     shard_capacity: u64,
     weighter: EntryWeighter,
+    restore: RestoreTracker,
+}
+
+/// Keys changed by clients while a snapshot restore runs (see the module invariants).
+#[derive(Default)]
+struct RestoreTracker {
+    active: std::sync::atomic::AtomicBool,
+    touched: dashmap::DashSet<Box<str>>,
+    cleared: std::sync::atomic::AtomicBool,
+}
+
+impl RestoreTracker {
+    #[inline]
+    fn touch(&self, key: &str) {
+        if self.active.load(Ordering::Acquire) {
+            self.touched.insert(key.into());
+        }
+    }
 }
 
 /// Proof that nothing changed a key between an L2 read and the fill of its result.
@@ -102,6 +124,7 @@ impl L1 {
             stripe_hasher: std::hash::RandomState::new(),
             shard_capacity,
             weighter,
+            restore: RestoreTracker::default(),
         }
     }
 
@@ -125,8 +148,43 @@ impl L1 {
     pub fn insert(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         let stripe = self.stripe_of(key.as_str());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.restore.touch(key.as_str());
         self.epochs[stripe].fetch_add(1, Ordering::AcqRel);
         self.insert_locked(key, entry)
+    }
+
+    /// Starts tracking client changes for a restore; [`L1::insert_restored`] honours them.
+    pub fn begin_restore(&self) {
+        self.restore.touched.clear();
+        self.restore.cleared.store(false, Ordering::Release);
+        self.restore.active.store(true, Ordering::Release);
+    }
+
+    pub fn end_restore(&self) {
+        self.restore.active.store(false, Ordering::Release);
+        self.restore.touched.clear();
+    }
+
+    /// Inserts an entry from a snapshot unless a client wrote, removed or cleared its key
+    /// since [`L1::begin_restore`], or it is resident. Returns whether it was stored.
+    pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> bool {
+        let stripe = self.stripe_of(key.as_str());
+        let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.restore.cleared.load(Ordering::Acquire)
+            || self.restore.touched.contains(key.as_str())
+            || self.cache.peek(key.as_str()).is_some()
+        {
+            return false;
+        }
+        self.insert_locked(key, entry);
+        true
+    }
+
+    /// Calls `visit` with each resident entry, one shard read lock at a time.
+    pub fn for_each(&self, mut visit: impl FnMut(&Key, &Arc<Entry>)) {
+        for (key, entry) in self.cache.iter() {
+            visit(&key, &entry);
+        }
     }
 
     /// Taken before reading `key` from L2; [`L1::insert_fill`] honours it.
@@ -199,6 +257,7 @@ impl L1 {
     /// Removes `key` whatever its version; returns the removed entry. Pending fills of the key
     /// are cancelled even when nothing was resident.
     pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Arc<Entry>> {
+        self.restore.touch(key);
         self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
         let (key, entry) = self.cache.remove(key)?;
         self.shared.forget(&key, &entry, reason);
@@ -207,6 +266,7 @@ impl L1 {
 
     /// Removes `key` only if its resident entry is `version`; returns the removed entry.
     pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Arc<Entry>> {
+        self.restore.touch(key);
         self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
         let (key, entry) = self.cache.remove_if(key, |resident| resident.version() == version)?;
         self.shared.forget(&key, &entry, reason);
@@ -232,6 +292,9 @@ impl L1 {
 
     /// Removes every entry; returns how many.
     pub fn clear(&self) -> usize {
+        if self.restore.active.load(Ordering::Acquire) {
+            self.restore.cleared.store(true, Ordering::Release);
+        }
         self.clear_epoch.fetch_add(1, Ordering::AcqRel);
         let mut n_removed = 0;
         for (key, entry) in self.cache.drain() {

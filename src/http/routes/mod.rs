@@ -2,9 +2,9 @@
 
 pub mod bulk;
 pub mod entries;
+pub mod lifecycle;
 pub mod ops;
 pub mod prefetch;
-pub mod unbuilt;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;

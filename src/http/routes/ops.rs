@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::engine::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::AppState;
 
@@ -61,7 +62,7 @@ pub async fn metrics_json(State(state): State<AppState>) -> Response {
         "prefetch_hits": stats.prefetch_hits,
         "prefetch_queue_size": stats.prefetch_queue_size,
         "compression_ratio": stats.compression_ratio,
-        "snapshot_last_success": null,
+        "snapshot_last_success": stats.snapshot_last_success_ms.map(rfc3339),
         "uptime_secs": state.started.elapsed().as_secs(),
         "instance_id": state.instance_id,
     }))

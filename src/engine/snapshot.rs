@@ -1,0 +1,564 @@
+//! Snapshots of L1 on disk: the file format, writing (streamed, atomic) and restoring.
+//!
+//! Format, version 1 (all integers little-endian):
+//! ```text
+//! header  "TCSNAP" | version u16 | created_at_ms u64
+//! record  0x01 | key_len u32 | key | cached_at_ms u64 | expires_at_ms u64
+//!              | n_tags u32 | (len u32 | tag)* | n_deps u32 | (len u32 | dep)* | value_len u32 | value
+//! footer  0x00 | records u64 | xxh3-64 of every byte before it
+//! ```
+//! Writing streams records from L1 (one shard read lock at a time) through a buffer into
+//! `<path>.tmp` in the same directory, fsyncs it, renames it over `<path>` and fsyncs the
+//! directory: a crash at any point leaves the previous snapshot whole. Memory use does not grow
+//! with the cache.
+//!
+//! Restoring reads the file twice: first the checksum over the whole file (nothing is applied
+//! from a truncated, corrupt or foreign file), then the records, each inserted into L1 unless
+//! expired, or unless a client wrote, removed or cleared the key since the restore began
+//! (`L1::insert_restored`). Restored entries go to L1 only: L2 is shared and may hold newer
+//! values. Remembered 404s are not written.
+//!
+//! Blocking file I/O: callers run these on a blocking thread.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::{Engine, Entry, Key, Tag};
+
+const MAGIC: &[u8; 6] = b"TCSNAP";
+const VERSION: u16 = 1;
+const HEADER_LEN: u64 = 6 + 2 + 8;
+const FOOTER_LEN: u64 = 1 + 8 + 8;
+const RECORD: u8 = 1;
+const END: u8 = 0;
+/// Bounds on lengths read from a file, so a corrupt length cannot ask for a huge allocation.
+const MAX_NAME_LEN: u32 = 1 << 20;
+const MAX_VALUE_LEN: u32 = 1 << 30;
+const MAX_NAMES: u32 = 1 << 16;
+
+/// What a written snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub path: PathBuf,
+    pub entries: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreStats {
+    pub restored: u64,
+    /// Past their expiry (and grace) by now.
+    pub expired: u64,
+    /// Written, removed or cleared by a client since start, or resident already.
+    pub superseded: u64,
+    /// Records this build cannot take (a key or tag over today's limits).
+    pub rejected: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no snapshot file")]
+    Missing,
+    #[error("snapshot file is truncated")]
+    Truncated,
+    #[error("snapshot file is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("snapshot format version {0} is not supported (this build reads version {VERSION})")]
+    Version(u16),
+    #[error("snapshot i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `persistence.path` and the lock that keeps snapshots of it one at a time.
+pub struct Persistence {
+    path: PathBuf,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Persistence {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, writing: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a snapshot on a blocking thread; a second caller waits for the first to finish.
+    ///
+    /// # Errors
+    /// When the file cannot be written; the previous snapshot is then untouched.
+    pub async fn snapshot(&self, engine: &Arc<Engine>) -> Result<SnapshotInfo, SnapshotError> {
+        let _one_at_a_time = self.writing.lock().await;
+        let (engine, path) = (engine.clone(), self.path.clone());
+        let result = tokio::task::spawn_blocking(move || engine.write_snapshot(&path))
+            .await
+            .unwrap_or_else(|err| Err(SnapshotError::Io(std::io::Error::other(err.to_string()))));
+        match &result {
+            Ok(info) => tracing::info!(
+                entries = info.entries,
+                bytes = info.bytes,
+                duration_ms = info.duration_ms,
+                "snapshot written"
+            ),
+            Err(err) => tracing::warn!(%err, "snapshot failed"),
+        }
+        result
+    }
+
+    /// Restores the snapshot on a blocking thread, logging the outcome; a bad file counts in
+    /// `tiercache_snapshot_load_errors_total` and is otherwise treated as absent.
+    pub async fn restore(&self, engine: &Arc<Engine>) -> Option<RestoreStats> {
+        let (worker, path) = (engine.clone(), self.path.clone());
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || worker.restore_snapshot(&path))
+            .await
+            .unwrap_or_else(|err| Err(SnapshotError::Io(std::io::Error::other(err.to_string()))));
+        match result {
+            Ok(stats) => {
+                tracing::info!(
+                    restored = stats.restored,
+                    expired = stats.expired,
+                    superseded = stats.superseded,
+                    rejected = stats.rejected,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "snapshot restored"
+                );
+                Some(stats)
+            }
+            Err(SnapshotError::Missing) => None,
+            Err(err) => {
+                engine.metrics.snapshot_load_errors.inc();
+                tracing::warn!(%err, path = %self.path.display(), "snapshot ignored");
+                None
+            }
+        }
+    }
+
+    /// A cheap check at start-up: a file with this build's header is there. The checksum is
+    /// verified by the restore itself, in the background.
+    pub fn has_snapshot(&self) -> bool {
+        let Ok(mut file) = File::open(&self.path) else { return false };
+        let mut header = [0u8; HEADER_LEN as usize];
+        file.read_exact(&mut header).is_ok() && &header[..6] == MAGIC && header[6..8] == VERSION.to_le_bytes()
+    }
+}
+
+impl Engine {
+    /// Writes every live L1 entry to `path` atomically (see the module docs).
+    ///
+    /// # Errors
+    /// When the file cannot be written; the previous snapshot is then untouched.
+    pub fn write_snapshot(&self, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let started = Instant::now();
+        let tmp = tmp_path(path);
+        let result = self.write_snapshot_to(&tmp);
+        let (entries, bytes) = match result {
+            Ok(counts) => counts,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
+            }
+        };
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.snapshot_last_success.set(self.clock.now_ms() as f64 / 1000.0);
+        Ok(SnapshotInfo { path: path.to_path_buf(), entries, bytes, duration_ms })
+    }
+
+    fn write_snapshot_to(&self, tmp: &Path) -> Result<(u64, u64), SnapshotError> {
+        let file = File::create(tmp)?;
+        let mut out =
+            HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Xxh3Default::new(), written: 0 };
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&self.clock.now_ms().to_le_bytes())?;
+        let now_ms = self.clock.now_ms();
+        let mut count = 0u64;
+        let mut failure = None;
+        self.l1.for_each(|key, entry| {
+            if failure.is_some() || entry.is_negative() || entry.is_expired(now_ms) {
+                return;
+            }
+            match write_record(&mut out, key, entry) {
+                Ok(()) => count += 1,
+                Err(err) => failure = Some(err),
+            }
+        });
+        if let Some(err) = failure {
+            return Err(err.into());
+        }
+        out.write_all(&[END])?;
+        out.write_all(&count.to_le_bytes())?;
+        let checksum = out.hasher.digest();
+        let mut inner = out.inner;
+        inner.write_all(&checksum.to_le_bytes())?;
+        let file = inner.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        Ok((count, out.written + 8))
+    }
+
+    /// Restores the snapshot at `path` into L1 (see the module docs).
+    ///
+    /// # Errors
+    /// A missing, truncated, corrupt or foreign file; nothing was applied then.
+    pub fn restore_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
+        verify(path)?;
+        self.l1.begin_restore();
+        let result = self.apply_snapshot(path);
+        self.l1.end_restore();
+        result
+    }
+
+    fn apply_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
+        let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
+        input.seek(SeekFrom::Start(HEADER_LEN))?;
+        let mut stats = RestoreStats::default();
+        let now_ms = self.clock.now_ms();
+        loop {
+            match read_u8(&mut input)? {
+                END => return Ok(stats),
+                RECORD => {}
+                _ => return Err(SnapshotError::Corrupt("unknown record type")),
+            }
+            let record = read_record(&mut input)?;
+            let key = Key::parse(&record.key, self.limits.max_key_bytes);
+            let tags: Result<Box<[Tag]>, _> = record.tags.iter().map(|tag| Tag::parse(tag)).collect();
+            let deps: Result<Box<[Key]>, _> =
+                record.deps.iter().map(|dep| Key::parse(dep, self.limits.max_key_bytes)).collect();
+            let (Ok(key), Ok(tags), Ok(deps)) = (key, tags, deps) else {
+                stats.rejected += 1;
+                continue;
+            };
+            let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+            let entry = Entry::new(&key, record.value, record.cached_at_ms, record.expires_at_ms, tags, deps, version)
+                .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms());
+            if entry.is_expired(now_ms) {
+                stats.expired += 1;
+            } else if !self.l1.fits(entry.size()) {
+                stats.rejected += 1;
+            } else if self.l1.insert_restored(&key, Arc::new(entry)) {
+                stats.restored += 1;
+            } else {
+                stats.superseded += 1;
+            }
+        }
+    }
+}
+
+/// Checks the header, the version and the checksum of the whole file without applying it.
+pub(crate) fn verify(path: &Path) -> Result<(), SnapshotError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
+        Err(err) => return Err(err.into()),
+    };
+    let len = file.metadata()?.len();
+    if len < HEADER_LEN + FOOTER_LEN {
+        return Err(SnapshotError::Truncated);
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    file.read_exact(&mut header)?;
+    if &header[..6] != MAGIC {
+        return Err(SnapshotError::Corrupt("not a tiercache snapshot"));
+    }
+    let version = u16::from_le_bytes([header[6], header[7]]);
+    if version != VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    let mut hasher = Xxh3Default::new();
+    hasher.update(&header);
+    let mut remaining = len - HEADER_LEN - 8;
+    let mut buffer = vec![0u8; 1 << 20];
+    while remaining > 0 {
+        let chunk = remaining.min(buffer.len() as u64) as usize;
+        file.read_exact(&mut buffer[..chunk])?;
+        hasher.update(&buffer[..chunk]);
+        remaining -= chunk as u64;
+    }
+    let mut stored = [0u8; 8];
+    file.read_exact(&mut stored)?;
+    if u64::from_le_bytes(stored) != hasher.digest() {
+        return Err(SnapshotError::Corrupt("checksum mismatch"));
+    }
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|name| name.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Xxh3Default,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_record(out: &mut impl Write, key: &Key, entry: &Entry) -> std::io::Result<()> {
+    out.write_all(&[RECORD])?;
+    write_bytes(out, key.as_str().as_bytes())?;
+    out.write_all(&entry.cached_at_ms().to_le_bytes())?;
+    out.write_all(&entry.expires_at_ms().to_le_bytes())?;
+    out.write_all(&(entry.tags().len() as u32).to_le_bytes())?;
+    for tag in entry.tags() {
+        write_bytes(out, tag.as_str().as_bytes())?;
+    }
+    out.write_all(&(entry.depends_on().len() as u32).to_le_bytes())?;
+    for dep in entry.depends_on() {
+        write_bytes(out, dep.as_str().as_bytes())?;
+    }
+    write_bytes(out, entry.value())
+}
+
+fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+/// One record as read, before the engine checks it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Record {
+    pub key: String,
+    pub cached_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub tags: Vec<String>,
+    pub deps: Vec<String>,
+    pub value: Bytes,
+}
+
+/// Reads one record (after its type byte); every length is bounded.
+pub(crate) fn read_record(input: &mut impl Read) -> Result<Record, SnapshotError> {
+    let key = read_string(input)?;
+    let cached_at_ms = read_u64(input)?;
+    let expires_at_ms = read_u64(input)?;
+    let tags = read_strings(input)?;
+    let deps = read_strings(input)?;
+    let value = Bytes::from(read_bytes(input, MAX_VALUE_LEN)?);
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_err() {
+        return Err(SnapshotError::Corrupt("a value is not JSON"));
+    }
+    Ok(Record { key, cached_at_ms, expires_at_ms, tags, deps, value })
+}
+
+fn read_strings(input: &mut impl Read) -> Result<Vec<String>, SnapshotError> {
+    let count = read_u32(input)?;
+    if count > MAX_NAMES {
+        return Err(SnapshotError::Corrupt("too many tags or dependencies"));
+    }
+    (0..count).map(|_| read_string(input)).collect()
+}
+
+fn read_string(input: &mut impl Read) -> Result<String, SnapshotError> {
+    String::from_utf8(read_bytes(input, MAX_NAME_LEN)?).map_err(|_| SnapshotError::Corrupt("a name is not UTF-8"))
+}
+
+fn read_bytes(input: &mut impl Read, max: u32) -> Result<Vec<u8>, SnapshotError> {
+    let len = read_u32(input)?;
+    if len > max {
+        return Err(SnapshotError::Corrupt("a length is out of range"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    input.take(u64::from(len)).read_to_end(&mut bytes)?;
+    if bytes.len() != len as usize {
+        return Err(SnapshotError::Truncated);
+    }
+    Ok(bytes)
+}
+
+fn read_u8(input: &mut impl Read) -> Result<u8, SnapshotError> {
+    let mut buf = [0u8; 1];
+    read_exact(input, &mut buf)?;
+    Ok(buf[0])
+}
+
+fn read_u32(input: &mut impl Read) -> Result<u32, SnapshotError> {
+    let mut buf = [0u8; 4];
+    read_exact(input, &mut buf)?;
+    Ok(u32::from_le_bytes(buf))
+}
+
+fn read_u64(input: &mut impl Read) -> Result<u64, SnapshotError> {
+    let mut buf = [0u8; 8];
+    read_exact(input, &mut buf)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), SnapshotError> {
+    input.read_exact(buf).map_err(|err| match err.kind() {
+        std::io::ErrorKind::UnexpectedEof => SnapshotError::Truncated,
+        _ => SnapshotError::Io(err),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::engine::{Clock, WriteRequest};
+    use crate::metrics::Metrics;
+
+    fn engine() -> Arc<Engine> {
+        Arc::new(Engine::new(
+            EngineConfig::for_tests(10_000, 1 << 26),
+            "me".into(),
+            Arc::new(Metrics::new()),
+            Clock::new(),
+        ))
+    }
+
+    async fn put(engine: &Engine, key: &str, value: &str, ttl: u64, tags: &[&str], deps: &[&str]) {
+        let write = engine
+            .validate(WriteRequest {
+                key: Key::parse(key, 512).unwrap(),
+                value: Bytes::from(value.to_string()),
+                ttl_secs: Some(ttl),
+                tags: tags.iter().map(|tag| tag.to_string()).collect(),
+                depends_on: deps.iter().map(|dep| dep.to_string()).collect(),
+            })
+            .unwrap();
+        engine.set(write).await.unwrap();
+    }
+
+    fn contents(engine: &Engine) -> HashMap<String, (Bytes, u64, Vec<String>, Vec<String>)> {
+        let mut out = HashMap::new();
+        engine.l1.for_each(|key, entry| {
+            out.insert(
+                key.as_str().to_string(),
+                (
+                    entry.value().clone(),
+                    entry.expires_at_ms(),
+                    entry.tags().iter().map(|tag| tag.as_str().to_string()).collect(),
+                    entry.depends_on().iter().map(|dep| dep.as_str().to_string()).collect(),
+                ),
+            );
+        });
+        out
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_round_trips_values_expiry_tags_and_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.snapshot");
+        let source = engine();
+        put(&source, "b", "null", 120, &[], &[]).await;
+        put(&source, "a", r#"{"x":1}"#, 60, &["t1", "t2"], &["b"]).await;
+        put(&source, "c", r#""three""#, 3600, &["t1"], &[]).await;
+        let info = source.write_snapshot(&path).unwrap();
+        assert_eq!(info.entries, 3);
+        assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
+        assert!(!tmp_path(&path).exists());
+
+        let target = engine();
+        let stats = target.restore_snapshot(&path).unwrap();
+        assert_eq!(stats, RestoreStats { restored: 3, ..RestoreStats::default() });
+        assert_eq!(contents(&target), contents(&source));
+        assert_eq!(target.l1.tagged("t1").len(), 2, "indexes are rebuilt");
+        assert_eq!(target.l1.dependents("b").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restore_never_overwrites_what_a_client_changed_since_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let source = engine();
+        put(&source, "kept", "1", 60, &[], &[]).await;
+        put(&source, "rewritten", "1", 60, &[], &[]).await;
+        put(&source, "deleted", "1", 60, &[], &[]).await;
+        source.write_snapshot(&path).unwrap();
+
+        let target = engine();
+        target.l1.begin_restore();
+        put(&target, "rewritten", "2", 60, &[], &[]).await;
+        target.l1.remove("deleted", crate::metrics::EvictionReason::Invalidated);
+        let stats = target.apply_snapshot(&path).unwrap();
+        target.l1.end_restore();
+        assert_eq!((stats.restored, stats.superseded), (1, 2));
+        assert_eq!(target.l1.peek("rewritten").unwrap().value().as_ref(), b"2");
+        assert!(target.l1.peek("deleted").is_none(), "a delete since start is not undone");
+    }
+
+    #[tokio::test]
+    async fn damaged_or_foreign_files_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let source = engine();
+        for idx in 0..50 {
+            put(&source, &format!("k{idx}"), "[1,2,3]", 60, &["t"], &[]).await;
+        }
+        source.write_snapshot(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let target = engine();
+
+        assert!(matches!(target.restore_snapshot(&dir.path().join("none")), Err(SnapshotError::Missing)));
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        assert!(target.restore_snapshot(&path).is_err(), "truncated");
+        for position in [3, 20, good.len() / 2, good.len() - 1] {
+            let mut flipped = good.clone();
+            flipped[position] ^= 0x01;
+            std::fs::write(&path, &flipped).unwrap();
+            assert!(target.restore_snapshot(&path).is_err(), "flipped byte at {position}");
+        }
+        let mut future = good.clone();
+        future[6..8].copy_from_slice(&2u16.to_le_bytes());
+        std::fs::write(&path, &future).unwrap();
+        assert!(matches!(target.restore_snapshot(&path), Err(SnapshotError::Version(2))));
+        assert_eq!(target.l1.len(), 0, "nothing applied from a bad file");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(target.restore_snapshot(&path).unwrap().restored, 50);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_skipped_on_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let source = engine();
+        put(&source, "short", "1", 1, &[], &[]).await;
+        put(&source, "long", "1", 60, &[], &[]).await;
+        source.write_snapshot(&path).unwrap();
+        let target = engine();
+        target.clock.advance_ms(2_000);
+        let stats = target.restore_snapshot(&path).unwrap();
+        assert_eq!((stats.restored, stats.expired), (1, 1));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn reading_arbitrary_record_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = read_record(&mut bytes.as_slice());
+        }
+    }
+}

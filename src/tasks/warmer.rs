@@ -1,0 +1,95 @@
+//! The start-up load and the warm schedule: restore a snapshot or warm first (SPEC §7), then
+//! warm every `warm.interval_secs` and whenever `POST /api/cache/warm` asks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::snapshot::Persistence;
+use crate::engine::warm::Warmer;
+use crate::engine::Engine;
+
+/// What the start-up load is, decided by `App` before the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartLoad {
+    /// A snapshot is there: restore it in the background (ready at once), then warm if a source
+    /// is set.
+    Restore,
+    /// No snapshot, a warm source: warm (claimed by `App`), then be ready, then snapshot.
+    Warm,
+    /// Nothing to load; ready at once.
+    Nothing,
+}
+
+pub(crate) struct WarmerTask {
+    pub engine: Arc<Engine>,
+    pub warmer: Arc<Warmer>,
+    pub persistence: Option<Arc<Persistence>>,
+    pub interval: Option<Duration>,
+    /// Notified by `POST /api/cache/warm` after it claimed the run.
+    pub trigger: Arc<Notify>,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl WarmerTask {
+    pub(crate) async fn run(self, start: StartLoad, shutdown: CancellationToken) {
+        let loaded = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = self.start_load(start) => true,
+        };
+        if !loaded {
+            self.warmer.abandon(self.engine.clock().now_ms());
+            return;
+        }
+        loop {
+            let periodic = async {
+                match self.interval {
+                    Some(interval) => tokio::time::sleep(interval).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let claimed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.trigger.notified() => true,
+                () = periodic => self.warmer.try_begin(self.engine.clock().now_ms()),
+            };
+            if claimed {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        self.warmer.abandon(self.engine.clock().now_ms());
+                        break;
+                    }
+                    _ = self.warmer.run(&self.engine) => {}
+                }
+            }
+        }
+    }
+
+    async fn start_load(&self, start: StartLoad) {
+        match start {
+            StartLoad::Restore => {
+                if let Some(persistence) = &self.persistence {
+                    tracing::info!(path = %persistence.path().display(), "start-up: restoring the snapshot in the background");
+                    persistence.restore(&self.engine).await;
+                }
+                if self.warmer.is_configured() && self.warmer.try_begin(self.engine.clock().now_ms()) {
+                    tracing::info!("start-up: warming after the restore");
+                    self.warmer.run(&self.engine).await;
+                }
+            }
+            StartLoad::Warm => {
+                tracing::info!("start-up: warming before ready");
+                self.warmer.run(&self.engine).await;
+                self.ready.store(true, Ordering::Release);
+                tracing::info!("ready");
+                if let Some(persistence) = &self.persistence {
+                    let _ = persistence.snapshot(&self.engine).await;
+                }
+            }
+            StartLoad::Nothing => {}
+        }
+    }
+}
