@@ -85,7 +85,10 @@ impl App {
         let persistence = settings.persistence_path().map(|path| Arc::new(Persistence::new(path)));
         let warmer = Arc::new(Warmer::new(settings.warm_config()));
         let start = match (&persistence, warmer.is_configured()) {
-            (Some(persistence), _) if persistence.has_snapshot() => StartLoad::Restore,
+            (Some(persistence), _) if persistence.has_snapshot() => {
+                engine.begin_restore(); // Before the server answers: see Engine::begin_restore.
+                StartLoad::Restore
+            }
             (_, true) => {
                 warmer.try_begin(engine.clock().now_ms());
                 StartLoad::Warm

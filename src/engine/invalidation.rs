@@ -53,6 +53,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::L2Unavailable`] when L2 could not take part (L1 was still cleaned).
     pub async fn invalidate(&self, invalidation: &Invalidation) -> Result<usize, EngineError> {
+        self.l1.note_invalidation(invalidation.pattern.as_deref(), &invalidation.tags);
         let mut roots = invalidation.keys.clone();
         let mut l2_failed = false;
         if let Some(pattern) = invalidation.pattern.as_ref().filter(|pattern| glob::is_literal(pattern)) {
@@ -197,19 +198,18 @@ impl Engine {
             MessageKind::Evict => self.parse_keys(message.keys.unwrap_or_default()),
             MessageKind::Pattern => {
                 let pattern = message.pattern.unwrap_or_default();
+                self.l1.note_invalidation(Some(&pattern), &[]);
                 self.l1
                     .keys_where(|key| glob::matches(&pattern, key.as_str()))
                     .into_iter()
                     .map(|(key, _)| key)
                     .collect()
             }
-            MessageKind::Tags => message
-                .tags
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|tag| self.l1.tagged(tag))
-                .map(|(key, _)| key)
-                .collect(),
+            MessageKind::Tags => {
+                let tags = message.tags.unwrap_or_default();
+                self.l1.note_invalidation(None, &tags);
+                tags.iter().flat_map(|tag| self.l1.tagged(tag)).map(|(key, _)| key).collect()
+            }
         };
         self.remove_from_l1_with_cascade(roots);
     }
@@ -229,7 +229,7 @@ impl Engine {
     }
 
     /// L1 only: removes `roots` and their L1 dependents, transitively.
-    fn remove_from_l1_with_cascade(&self, roots: Vec<Key>) {
+    pub(super) fn remove_from_l1_with_cascade(&self, roots: Vec<Key>) {
         let mut visited: HashSet<Key> = HashSet::with_capacity(roots.len());
         let mut queue: VecDeque<Key> = roots.into_iter().filter(|key| visited.insert(key.clone())).collect();
         while let Some(key) = queue.pop_front() {

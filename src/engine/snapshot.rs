@@ -14,8 +14,9 @@
 //!
 //! Restoring reads the file twice: first the checksum over the whole file (nothing is applied
 //! from a truncated, corrupt or foreign file), then the records, each inserted into L1 unless
-//! expired, or unless a client wrote, removed or cleared the key since the restore began
-//! (`L1::insert_restored`). Restored entries go to L1 only: L2 is shared and may hold newer
+//! expired, or unless a client wrote, removed or cleared the key, or invalidated a pattern, tag
+//! or dependency covering it, since the restore began (`L1::insert_restored`; the record
+//! starts before the server answers). Restored entries go to L1 only: L2 is shared and may hold newer
 //! values. Remembered 404s are not written.
 //!
 //! Blocking file I/O: callers run these on a blocking thread.
@@ -30,6 +31,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::l1::Restored;
 use super::{Engine, Entry, Key, Tag};
 
 const MAGIC: &[u8; 6] = b"TCSNAP";
@@ -144,12 +146,11 @@ impl Persistence {
         }
     }
 
-    /// A cheap check at start-up: a file with this build's header is there. The checksum is
-    /// verified by the restore itself, in the background.
+    /// Whether a snapshot file is there: start-up then restores in the background and is ready
+    /// at once. Whether it is valid is the restore's business (a bad file is warned about,
+    /// counted and ignored there), so this stays a cheap check.
     pub fn has_snapshot(&self) -> bool {
-        let Ok(mut file) = File::open(&self.path) else { return false };
-        let mut header = [0u8; HEADER_LEN as usize];
-        file.read_exact(&mut header).is_ok() && &header[..6] == MAGIC && header[6..8] == VERSION.to_le_bytes()
+        self.path.is_file()
     }
 }
 
@@ -216,11 +217,16 @@ impl Engine {
     /// # Errors
     /// A missing, truncated, corrupt or foreign file; nothing was applied then.
     pub fn restore_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
-        verify(path)?;
-        self.l1.begin_restore();
-        let result = self.apply_snapshot(path);
+        self.begin_restore();
+        let result = verify(path).and_then(|()| self.apply_snapshot(path));
         self.l1.end_restore();
         result
+    }
+
+    /// Starts recording what clients change, for a restore about to run: `App` calls it before
+    /// the server answers, so that no write, delete or invalidation can precede the record.
+    pub fn begin_restore(&self) {
+        self.l1.begin_restore();
     }
 
     fn apply_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
@@ -250,10 +256,16 @@ impl Engine {
                 stats.expired += 1;
             } else if !self.l1.fits(entry.size()) {
                 stats.rejected += 1;
-            } else if self.l1.insert_restored(&key, Arc::new(entry)) {
-                stats.restored += 1;
             } else {
-                stats.superseded += 1;
+                match self.l1.insert_restored(&key, Arc::new(entry)) {
+                    Restored::Inserted => stats.restored += 1,
+                    Restored::Superseded => stats.superseded += 1,
+                    Restored::Invalidated => {
+                        // Dependents restored before it must go the way the cascade would have sent them.
+                        self.remove_from_l1_with_cascade(vec![key]);
+                        stats.superseded += 1;
+                    }
+                }
             }
         }
     }
@@ -497,17 +509,30 @@ mod tests {
         put(&source, "kept", "1", 60, &[], &[]).await;
         put(&source, "rewritten", "1", 60, &[], &[]).await;
         put(&source, "deleted", "1", 60, &[], &[]).await;
+
+        put(&source, "tagged", "1", 60, &["gone"], &[]).await;
+        put(&source, "patterned", "1", 60, &[], &[]).await;
+        put(&source, "dependent", "1", 60, &[], &["kept"]).await;
+        put(&source, "grandchild", "1", 60, &[], &["dependent"]).await;
         source.write_snapshot(&path).unwrap();
 
         let target = engine();
-        target.l1.begin_restore();
+        target.begin_restore();
         put(&target, "rewritten", "2", 60, &[], &[]).await;
-        target.l1.remove("deleted", crate::metrics::EvictionReason::Invalidated);
-        let stats = target.apply_snapshot(&path).unwrap();
-        target.l1.end_restore();
-        assert_eq!((stats.restored, stats.superseded), (1, 2));
+        let invalidation = crate::engine::Invalidation {
+            keys: vec![Key::parse("deleted", 512).unwrap(), Key::parse("kept", 512).unwrap()],
+            pattern: Some("pattern*".into()),
+            tags: vec!["gone".into()],
+        };
+        target.invalidate(&invalidation).await.unwrap();
+        let stats = target.restore_snapshot(&path).unwrap();
+        // A dependent met before its invalidated dependency is restored, then cascaded away.
+        assert_eq!(stats.restored + stats.superseded, 7);
+        assert_eq!(target.l1.len(), 1, "only the rewrite is left");
         assert_eq!(target.l1.peek("rewritten").unwrap().value().as_ref(), b"2");
-        assert!(target.l1.peek("deleted").is_none(), "a delete since start is not undone");
+        for key in ["deleted", "kept", "tagged", "patterned", "dependent", "grandchild"] {
+            assert!(target.l1.peek(key).is_none(), "{key}: an invalidation since start is not undone");
+        }
     }
 
     #[tokio::test]

@@ -82,6 +82,8 @@ pub struct Warmer {
 #[derive(Deserialize)]
 struct WarmItem {
     key: String,
+    /// `null` is a value; only a missing field is `None`.
+    #[serde(default, deserialize_with = "present_raw")]
     value: Option<Box<RawValue>>,
     ttl: Option<u64>,
     tags: Option<Vec<String>>,
@@ -264,6 +266,10 @@ impl Warmer {
     fn lock(&self) -> std::sync::MutexGuard<'_, WarmStatus> {
         self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn present_raw<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn parse_item(engine: &Engine, bytes: &[u8]) -> Result<ValidWrite, String> {

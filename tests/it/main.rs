@@ -10,6 +10,7 @@ mod fuzz;
 mod harness;
 mod invalidation;
 mod l2;
+mod lifecycle;
 mod multi;
 mod ops;
 mod origin;

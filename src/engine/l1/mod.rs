@@ -59,12 +59,25 @@ pub(crate) struct L1 {
     restore: RestoreTracker,
 }
 
-/// Keys changed by clients while a snapshot restore runs (see the module invariants).
+/// What clients changed while a snapshot restore runs (see the module invariants): keys
+/// written or removed, patterns and tags invalidated, and whether L1 was cleared.
 #[derive(Default)]
 struct RestoreTracker {
     active: std::sync::atomic::AtomicBool,
     touched: dashmap::DashSet<Box<str>>,
+    invalidated: Mutex<(Vec<String>, Vec<String>)>,
     cleared: std::sync::atomic::AtomicBool,
+}
+
+/// What became of one snapshot entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restored {
+    Inserted,
+    /// Written, removed, cleared or filled since the restore began: the newer state stays.
+    Superseded,
+    /// A pattern, tag or dependency invalidated since the restore began covers it: it is
+    /// marked touched, and the caller cascades to dependents restored before it.
+    Invalidated,
 }
 
 impl RestoreTracker {
@@ -154,8 +167,13 @@ impl L1 {
     }
 
     /// Starts tracking client changes for a restore; [`L1::insert_restored`] honours them.
+    /// Called before the server answers, so no change can slip in before it. Idempotent.
     pub fn begin_restore(&self) {
+        if self.restore.active.load(Ordering::Acquire) {
+            return;
+        }
         self.restore.touched.clear();
+        *self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
         self.restore.cleared.store(false, Ordering::Release);
         self.restore.active.store(true, Ordering::Release);
     }
@@ -163,21 +181,40 @@ impl L1 {
     pub fn end_restore(&self) {
         self.restore.active.store(false, Ordering::Release);
         self.restore.touched.clear();
+        *self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
     }
 
-    /// Inserts an entry from a snapshot unless a client wrote, removed or cleared its key
-    /// since [`L1::begin_restore`], or it is resident. Returns whether it was stored.
-    pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> bool {
+    /// Records a pattern or tag invalidation for a running restore (before it is applied).
+    pub fn note_invalidation(&self, pattern: Option<&str>, tags: &[String]) {
+        if self.restore.active.load(Ordering::Acquire) {
+            let mut invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            invalidated.0.extend(pattern.map(str::to_string));
+            invalidated.1.extend(tags.iter().cloned());
+        }
+    }
+
+    /// Inserts an entry from a snapshot unless clients changed what it stands for since
+    /// [`L1::begin_restore`] (see [`Restored`]).
+    pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> Restored {
         let stripe = self.stripe_of(key.as_str());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.restore.cleared.load(Ordering::Acquire)
             || self.restore.touched.contains(key.as_str())
             || self.cache.peek(key.as_str()).is_some()
         {
-            return false;
+            return Restored::Superseded;
+        }
+        let covered = {
+            let invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            invalidated.0.iter().any(|pattern| super::glob::matches(pattern, key.as_str()))
+                || entry.tags().iter().any(|tag| invalidated.1.iter().any(|gone| gone == tag.as_str()))
+        };
+        if covered || entry.depends_on().iter().any(|dep| self.restore.touched.contains(dep.as_str())) {
+            self.restore.touched.insert(key.as_str().into());
+            return Restored::Invalidated;
         }
         self.insert_locked(key, entry);
-        true
+        Restored::Inserted
     }
 
     /// Calls `visit` with each resident entry, one shard read lock at a time.

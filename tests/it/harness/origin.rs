@@ -22,11 +22,13 @@ pub struct Reply {
     pub body: Option<String>,
     pub cache_control: Option<String>,
     pub delay: Duration,
+    /// `None` = `application/json`.
+    pub content_type: Option<String>,
 }
 
 impl Default for Reply {
     fn default() -> Self {
-        Reply { status: 200, body: None, cache_control: None, delay: Duration::ZERO }
+        Reply { status: 200, body: None, cache_control: None, delay: Duration::ZERO, content_type: None }
     }
 }
 
@@ -134,7 +136,8 @@ async fn answer(State(state): State<Arc<OriginState>>, Path(key): Path<String>) 
     drop(in_flight);
     let body = reply.body.unwrap_or_else(|| serde_json::json!({ "key": key, "fetch": fetch }).to_string());
     let mut response = (StatusCode::from_u16(reply.status).expect("a valid status"), body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let content_type = reply.content_type.as_deref().unwrap_or("application/json");
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type.parse().expect("a valid header"));
     if let Some(cache_control) = reply.cache_control {
         response.headers_mut().insert(header::CACHE_CONTROL, cache_control.parse().expect("a valid header"));
     }
