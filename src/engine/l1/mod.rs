@@ -198,10 +198,7 @@ impl L1 {
     pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> Restored {
         let stripe = self.stripe_of(key.as_str());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.restore.cleared.load(Ordering::Acquire)
-            || self.restore.touched.contains(key.as_str())
-            || self.cache.peek(key.as_str()).is_some()
-        {
+        if self.restore.cleared.load(Ordering::Acquire) || self.restore.touched.contains(key.as_str()) {
             return Restored::Superseded;
         }
         let covered = {
@@ -213,8 +210,40 @@ impl L1 {
             self.restore.touched.insert(key.as_str().into());
             return Restored::Invalidated;
         }
-        self.insert_locked(key, entry);
-        Restored::Inserted
+        if self.insert_vacant_locked(key, entry) {
+            Restored::Inserted
+        } else {
+            Restored::Superseded
+        }
+    }
+
+    /// Inserts `entry` only if `key` is not resident, in one map lookup (the restore's hot
+    /// path); returns whether it did. Same record order as `insert_locked`: index records and
+    /// bytes first, withdrawn if the key turns out to be resident. The caller holds the stripe.
+    fn insert_vacant_locked(&self, key: &Key, entry: Arc<Entry>) -> bool {
+        for tag in entry.tags() {
+            self.shared.tags.add(tag, key, entry.version());
+        }
+        for dependency in entry.depends_on() {
+            self.shared.dependents.add(dependency, key, entry.version());
+        }
+        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        let inserted = match self.cache.entry(key, None, |_, _| EntryAction::Retain(())) {
+            EntryResult::Vacant(guard) => match guard.insert_with_lifecycle(entry.clone(), &mut evicted) {
+                Ok(()) => true,
+                Err(rejected) => {
+                    self.shared.forget(key, &rejected, EvictionReason::Replaced);
+                    return false; // Too heavy to admit; its records are withdrawn already.
+                }
+            },
+            _ => false,
+        };
+        if !inserted {
+            self.shared.forget(key, &entry, EvictionReason::Replaced);
+        }
+        drop(evicted);
+        inserted
     }
 
     /// Calls `visit` with each resident entry, one shard read lock at a time.
