@@ -22,9 +22,9 @@
 //!   conditionally on the version they removed. No stripe lock is held across `.await` (L1 is
 //!   synchronous) and a stripe lock is never taken inside a quick_cache hook.
 //! - While a snapshot restore runs, every write, removal and clear marks what it touched
-//!   *before* acting (`RestoreTracker`), and a restored entry is inserted under the key's
-//!   stripe lock only if the key is untouched and absent: a restore never overwrites or
-//!   resurrects what a client changed since start.
+//!   *before* acting, under the key's stripe lock (a clear: under all of them), and a restored
+//!   entry is inserted under the key's stripe lock only if the key is unmarked and absent: a
+//!   restore never overwrites or resurrects what a client changed since start.
 //! - Knows nothing of Redis or HTTP.
 
 mod index;
@@ -57,6 +57,7 @@ pub(crate) struct L1 {
     shard_capacity: u64,
     weighter: EntryWeighter,
     restore: RestoreTracker,
+    max_entries: u64,
 }
 
 /// What clients changed while a snapshot restore runs (see the module invariants): keys
@@ -65,7 +66,13 @@ pub(crate) struct L1 {
 struct RestoreTracker {
     active: std::sync::atomic::AtomicBool,
     touched: dashmap::DashSet<Box<str>>,
+    /// Set once anything is touched: the common restore (no client changes) skips the set.
+    any_touched: std::sync::atomic::AtomicBool,
     invalidated: Mutex<(Vec<String>, Vec<String>)>,
+    /// Set once a pattern or tag invalidation is recorded.
+    any_invalidated: std::sync::atomic::AtomicBool,
+    /// Set once a fill (L2 or origin copy) is inserted.
+    any_filled: std::sync::atomic::AtomicBool,
     cleared: std::sync::atomic::AtomicBool,
 }
 
@@ -84,8 +91,18 @@ impl RestoreTracker {
     #[inline]
     fn touch(&self, key: &str) {
         if self.active.load(Ordering::Acquire) {
-            self.touched.insert(key.into());
+            self.mark(key);
         }
+    }
+
+    /// Records `key`; the flag is raised first, so a reader that sees no flag saw no key.
+    fn mark(&self, key: &str) {
+        self.any_touched.store(true, Ordering::Release);
+        self.touched.insert(key.into());
+    }
+
+    fn is_touched(&self, key: &str) -> bool {
+        self.any_touched.load(Ordering::Acquire) && self.touched.contains(key)
     }
 }
 
@@ -138,6 +155,7 @@ impl L1 {
             shard_capacity,
             weighter,
             restore: RestoreTracker::default(),
+            max_entries,
         }
     }
 
@@ -173,7 +191,10 @@ impl L1 {
             return;
         }
         self.restore.touched.clear();
+        self.restore.any_touched.store(false, Ordering::Release);
         *self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
+        self.restore.any_invalidated.store(false, Ordering::Release);
+        self.restore.any_filled.store(false, Ordering::Release);
         self.restore.cleared.store(false, Ordering::Release);
         self.restore.active.store(true, Ordering::Release);
     }
@@ -190,6 +211,7 @@ impl L1 {
             let mut invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             invalidated.0.extend(pattern.map(str::to_string));
             invalidated.1.extend(tags.iter().cloned());
+            self.restore.any_invalidated.store(true, Ordering::Release);
         }
     }
 
@@ -198,23 +220,55 @@ impl L1 {
     pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> Restored {
         let stripe = self.stripe_of(key.as_str());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.restore.cleared.load(Ordering::Acquire) || self.restore.touched.contains(key.as_str()) {
+        if self.restore.cleared.load(Ordering::Acquire) || self.restore.is_touched(key.as_str()) {
             return Restored::Superseded;
         }
-        let covered = {
+        let covered = self.restore.any_invalidated.load(Ordering::Acquire) && {
             let invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             invalidated.0.iter().any(|pattern| super::glob::matches(pattern, key.as_str()))
                 || entry.tags().iter().any(|tag| invalidated.1.iter().any(|gone| gone == tag.as_str()))
         };
-        if covered || entry.depends_on().iter().any(|dep| self.restore.touched.contains(dep.as_str())) {
-            self.restore.touched.insert(key.as_str().into());
+        if covered || entry.depends_on().iter().any(|dep| self.restore.is_touched(dep.as_str())) {
+            self.restore.mark(key.as_str());
             return Restored::Invalidated;
+        }
+        if !self.restore.any_touched.load(Ordering::Acquire) && !self.restore.any_filled.load(Ordering::Acquire) {
+            // Nothing but this restore has inserted since it began, and a snapshot names each
+            // key once, so the key is vacant: one plain insert. (A client insert of this key
+            // raises its flag under this same stripe lock, so it cannot slip in between.)
+            self.insert_new_locked(key, entry);
+            return Restored::Inserted;
         }
         if self.insert_vacant_locked(key, entry) {
             Restored::Inserted
         } else {
             Restored::Superseded
         }
+    }
+
+    /// Records a removal for a running restore. Removals otherwise take no stripe lock; here
+    /// they take the key's, so a restore insert is either before the mark (and the removal then
+    /// removes it) or after it (and sees it).
+    fn touch_for_restore(&self, key: &str) {
+        if self.restore.active.load(Ordering::Acquire) {
+            let _stripe =
+                self.write_locks[self.stripe_of(key)].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.restore.mark(key);
+        }
+    }
+
+    /// Inserts an entry whose key is known to be vacant; the caller holds the stripe.
+    fn insert_new_locked(&self, key: &Key, entry: Arc<Entry>) {
+        for tag in entry.tags() {
+            self.shared.tags.add(tag, key, entry.version());
+        }
+        for dependency in entry.depends_on() {
+            self.shared.dependents.add(dependency, key, entry.version());
+        }
+        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        self.cache.insert_with_lifecycle(key.clone(), entry, &mut evicted);
+        drop(evicted); // Evicted values are freed here, outside every lock.
     }
 
     /// Inserts `entry` only if `key` is not resident, in one map lookup (the restore's hot
@@ -246,6 +300,12 @@ impl L1 {
         inserted
     }
 
+    /// Makes room in the map for `additional` more entries (capped at `l1.max_entries`), so a
+    /// bulk load does not rehash as it grows.
+    pub fn reserve(&self, additional: u64) {
+        self.cache.reserve(additional.min(self.max_entries) as usize);
+    }
+
     /// Calls `visit` with each resident entry, one shard read lock at a time.
     pub fn for_each(&self, mut visit: impl FnMut(&Key, &Arc<Entry>)) {
         for (key, entry) in self.cache.iter() {
@@ -272,6 +332,7 @@ impl L1 {
         {
             return false;
         }
+        self.restore.any_filled.store(true, Ordering::Release);
         self.insert_locked(key, entry);
         true
     }
@@ -323,7 +384,7 @@ impl L1 {
     /// Removes `key` whatever its version; returns the removed entry. Pending fills of the key
     /// are cancelled even when nothing was resident.
     pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Arc<Entry>> {
-        self.restore.touch(key);
+        self.touch_for_restore(key);
         self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
         let (key, entry) = self.cache.remove(key)?;
         self.shared.forget(&key, &entry, reason);
@@ -332,7 +393,7 @@ impl L1 {
 
     /// Removes `key` only if its resident entry is `version`; returns the removed entry.
     pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Arc<Entry>> {
-        self.restore.touch(key);
+        self.touch_for_restore(key);
         self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
         let (key, entry) = self.cache.remove_if(key, |resident| resident.version() == version)?;
         self.shared.forget(&key, &entry, reason);
@@ -359,6 +420,13 @@ impl L1 {
     /// Removes every entry; returns how many.
     pub fn clear(&self) -> usize {
         if self.restore.active.load(Ordering::Acquire) {
+            // Every stripe, in order (no other path holds two), so that no restore insert is
+            // between its check and its insert when the flag goes up.
+            let _stripes: Vec<_> = self
+                .write_locks
+                .iter()
+                .map(|lock| lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .collect();
             self.restore.cleared.store(true, Ordering::Release);
         }
         self.clear_epoch.fetch_add(1, Ordering::AcqRel);
