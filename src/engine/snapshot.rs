@@ -419,7 +419,9 @@ fn read_bytes_into(input: &mut impl Read, max: u32, bytes: &mut Vec<u8>) -> Resu
         return Err(SnapshotError::Corrupt("a length is out of range"));
     }
     bytes.clear();
-    // Grown as bytes arrive, so a corrupt length cannot allocate more than the input holds.
+    // Sized up front for ordinary lengths, grown as bytes arrive beyond that, so a corrupt
+    // length cannot allocate more than the input holds.
+    bytes.reserve_exact((len as usize).min(64 * 1024));
     input.take(u64::from(len)).read_to_end(bytes)?;
     if bytes.len() != len as usize {
         return Err(SnapshotError::Truncated);
