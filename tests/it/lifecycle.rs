@@ -294,3 +294,72 @@ async fn warm_keys_are_fetched_through_the_origin() {
     assert_eq!(app.get("/api/cache/a").await.json()["source"], "l1");
     assert_eq!(origin.total(), 3);
 }
+
+#[test]
+fn each_start_up_stage_is_logged_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stages.snapshot");
+    std::fs::write(&path, b"not a snapshot").unwrap();
+    let listen = format!("127.0.0.1:{}", crate::harness::free_port());
+    let path_text = path.display().to_string();
+    let env = [
+        ("TIERCACHE__SERVER__LISTEN", listen.as_str()),
+        ("TIERCACHE__PERSISTENCE__PATH", path_text.as_str()),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    let (status, stderr) = crate::harness::run_binary_for(&[], &env, Some(Duration::from_millis(1500)));
+    assert!(status.success(), "{stderr}");
+    let stages = ["l1 open", "l2 connecting in the background", "start-up load decided", "listening"];
+    let mut last = 0;
+    for stage in stages {
+        assert_eq!(stderr.matches(stage).count(), 1, "{stage} logged once: {stderr}");
+        let at = stderr.find(stage).unwrap();
+        assert!(at >= last, "{stage} comes after the stages before it: {stderr}");
+        last = at;
+    }
+    assert!(stderr.contains("Restore"), "the load was a restore: {stderr}");
+    // The restore runs in the background, so its outcome may come before or after "listening".
+    assert_eq!(stderr.matches("snapshot ignored").count(), 1, "{stderr}");
+    assert!(stderr.find("snapshot ignored") > stderr.find("start-up load decided"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_warm_that_outlasts_its_timeout_stops_holding_readiness() {
+    let origin = TestOrigin::start().await;
+    origin.set("source", Reply { delay: Duration::from_secs(5), ..Reply::body(r#"[{"key":"k","value":1}]"#) });
+    let app = warmed_instance(&origin, |s| s.warm.timeout_secs = 1).await;
+    app.get("/ready").await.assert_status(503);
+    let started = std::time::Instant::now();
+    eventually("ready once warm.timeout_secs passed", || async { app.get("/ready").await.status == 200 }).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "ready after the timeout, not after the source");
+    assert_eq!(app.get("/api/cache/warm").await.json()["state"], "failed");
+}
+
+#[tokio::test]
+async fn warmed_entries_reach_l2_for_every_instance() {
+    let redis = crate::harness::RedisServer::start().await;
+    let origin = TestOrigin::start().await;
+    origin.set("source", Reply::body(r#"[{"key":"shared","value":"warm","tags":["w"]}]"#));
+    let url = format!("http://127.0.0.1:{}/items/source", origin.port);
+    let warmer = TestApp::spawn_with_redis(&redis, |s| s.warm.url = url).await;
+    eventually("warmed", || async { warmer.get("/api/cache/warm").await.json()["state"] == "done" }).await;
+    let other = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let read = other.get("/api/cache/shared").await.json();
+    assert_eq!((read["value"].clone(), read["source"].clone()), (json!("warm"), json!("l2")));
+}
+
+#[tokio::test]
+async fn snapshots_are_written_every_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("periodic.snapshot");
+    let path_text = path.display().to_string();
+    let app = TestApp::spawn(move |s| {
+        s.persistence.path = path_text;
+        s.persistence.interval_secs = 1;
+    })
+    .await;
+    app.put("k", json!({"value": 1})).await.assert_status(200);
+    eventually("a periodic snapshot", || async { path.exists() }).await;
+    assert!(app.metric("snapshot_last_success").await.is_string());
+    app.shutdown().await;
+}
