@@ -110,3 +110,18 @@ async fn sigint_stops_an_idle_service_with_exit_zero() {
     service.signal("INT");
     assert_eq!(service.wait_exit().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
+    let mut service = ServiceProcess::start(&[("TIERCACHE__SERVER__SHUTDOWN_GRACE_MS", "60000")]).await;
+    let addr = format!("127.0.0.1:{}", service.port).parse().unwrap();
+    let mut in_flight = RawConnection::open(addr).await;
+    in_flight.start_put("never-finished", 100, b"{\"value\":").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    service.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await; // The drain is waiting on the PUT.
+    let started = std::time::Instant::now();
+    service.signal("TERM");
+    assert_eq!(service.wait_exit().await.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5), "exited at once, not after the 60 s grace");
+}
