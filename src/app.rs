@@ -128,6 +128,7 @@ impl App {
             warmer,
             warm_trigger,
             persistence: persistence.clone(),
+            auth: http::Auth::new(&settings.auth_config()),
         });
 
         let listen = settings.listen_addr();

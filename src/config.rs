@@ -434,23 +434,32 @@ impl Settings {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("log.format", "must be \"text\" or \"json\""));
         }
-        self.refuse_unbuilt_features()
+        self.check_auth()
     }
 
-    /// Keys of SPEC §11 whose feature this build does not have yet are accepted at their
-    /// defaults only: silently ignoring `l2.url` would make an operator believe instances
-    /// share a cache when they do not.
-    fn refuse_unbuilt_features(&self) -> Result<(), ConfigError> {
-        let unbuilt = |key: &str, is_set: bool| {
-            if is_set {
-                Err(ConfigError::new(key, "this feature is not available in this build yet; leave it unset"))
-            } else {
-                Ok(())
+    /// Tokens are non-empty; read tokens and `metrics.require_auth` only mean something with
+    /// write tokens (`auth.tokens` empty = open), so alone they are a mistake, not a no-op.
+    fn check_auth(&self) -> Result<(), ConfigError> {
+        for (key, tokens) in [("auth.tokens", &self.auth.tokens), ("auth.read_tokens", &self.auth.read_tokens)] {
+            if tokens.iter().any(|token| token.expose().trim().is_empty()) {
+                return Err(ConfigError::new(key, "tokens must not be empty"));
             }
-        };
-        unbuilt("auth.tokens", !self.auth.tokens.is_empty())?;
-        unbuilt("auth.read_tokens", !self.auth.read_tokens.is_empty())?;
-        unbuilt("metrics.require_auth", self.metrics.require_auth)
+        }
+        if self.auth.tokens.is_empty() && !self.auth.read_tokens.is_empty() {
+            return Err(ConfigError::new("auth.read_tokens", "needs auth.tokens (without it the API is open)"));
+        }
+        if self.auth.tokens.is_empty() && self.metrics.require_auth {
+            return Err(ConfigError::new("metrics.require_auth", "needs auth.tokens"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn auth_config(&self) -> AuthConfig {
+        AuthConfig {
+            tokens: self.auth.tokens.iter().map(|token| token.expose().trim().to_string()).collect(),
+            read_tokens: self.auth.read_tokens.iter().map(|token| token.expose().trim().to_string()).collect(),
+            metrics_require_auth: self.metrics.require_auth,
+        }
     }
 
     /// The listen address; valid after [`Settings::validate`].
@@ -583,6 +592,15 @@ impl Settings {
     pub(crate) fn metrics_interval(&self) -> Duration {
         Duration::from_secs(self.metrics.interval_secs)
     }
+}
+
+/// `auth.*` and `metrics.require_auth`, for the HTTP layer. Token values are secrets: this
+/// type has no `Debug`.
+#[derive(Clone)]
+pub(crate) struct AuthConfig {
+    pub tokens: Vec<String>,
+    pub read_tokens: Vec<String>,
+    pub metrics_require_auth: bool,
 }
 
 /// The HTTP server's part of the settings.
@@ -970,6 +988,18 @@ mod tests {
         ] {
             assert_eq!(load_env(&[(var, huge)]).unwrap_err().key, key);
         }
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        let mut blank = Settings::default();
+        blank.auth.tokens = vec![Secret("a".into()), Secret("  ".into())];
+        assert_eq!(blank.validate().unwrap_err().key, "auth.tokens");
+        assert_eq!(load_env(&[("TIERCACHE__AUTH__READ_TOKENS", "r")]).unwrap_err().key, "auth.read_tokens");
+        assert_eq!(load_env(&[("TIERCACHE__METRICS__REQUIRE_AUTH", "true")]).unwrap_err().key, "metrics.require_auth");
+        let settings = load_env(&[("TIERCACHE__AUTH__TOKENS", "a, b"), ("TIERCACHE__AUTH__READ_TOKENS", "r")]).unwrap();
+        let auth = settings.auth_config();
+        assert_eq!((auth.tokens, auth.read_tokens), (vec!["a".to_string(), "b".into()], vec!["r".to_string()]));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The request guard: one middleware around every route that sheds load past
+//! The request guard: one middleware around every route that checks the bearer token
+//! (`auth.rs`, before anything reads the body), sheds load past
 //! `server.max_concurrency`, bounds each request by `server.request_timeout_ms`, and records
 //! the request's metrics and debug log line. One layer rather than three keeps the hit path to
 //! a single boxed future.
@@ -25,6 +26,10 @@ pub(crate) async fn guard(
     let started = Instant::now();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
+    if let Some(response) = state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
+        record(&state, route, method, &response, started);
+        return response;
+    }
 
     let permit = if NEVER_SHED.contains(&route) {
         None

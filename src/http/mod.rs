@@ -1,6 +1,7 @@
 //! The thin axum layer: routing, the request guard, and JSON shapes at the edge.
 //! Handlers parse and check input, make one or two engine calls, and shape the response.
 
+mod auth;
 mod error;
 mod extract;
 mod middleware;
@@ -28,6 +29,8 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Shared>);
 
+pub(crate) use self::auth::Auth;
+
 pub(crate) struct Shared {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
@@ -44,6 +47,7 @@ pub(crate) struct Shared {
     pub warm_trigger: Arc<Notify>,
     /// `None` when `persistence.path` is empty.
     pub persistence: Option<Arc<Persistence>>,
+    pub auth: auth::Auth,
 }
 
 impl std::ops::Deref for AppState {
@@ -107,5 +111,6 @@ pub fn router_for_tests(settings: &Settings) -> Router {
         warmer: Arc::new(Warmer::new(settings.warm_config())),
         warm_trigger: Arc::new(Notify::new()),
         persistence: settings.persistence_path().map(|path| Arc::new(Persistence::new(path))),
+        auth: auth::Auth::new(&settings.auth_config()),
     }))
 }

@@ -1,6 +1,7 @@
 //! The integration test binary: real servers on loopback ports, real HTTP, real files.
 //! One file per feature; `harness` is the only place that knows how to start things.
 
+mod auth;
 mod batch;
 mod bounds;
 mod cluster;
