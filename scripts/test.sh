@@ -9,6 +9,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # redis-cli c
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)               # certificates for the TLS test
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)   # validates docker-compose.yml
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

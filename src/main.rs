@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tiercache::{App, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -12,8 +12,17 @@ use tracing_subscriber::EnvFilter;
 #[command(version, about = "A standalone HTTP cache service")]
 struct Args {
     /// TOML settings file (default: config/default.toml when it exists).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Asks the service on this host (the port of server.listen) for /health: exit 0 when it
+    /// answers 200 within 2 s, else 1. For container HEALTHCHECKs, which have no curl.
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -25,6 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck) = args.command {
+        return healthcheck(settings.listen_addr().port());
+    }
     init_logging(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(settings)) {
@@ -67,5 +79,31 @@ fn init_logging(settings: &Settings) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `GET /health` on loopback with a plain socket: no runtime, no client library.
+fn healthcheck(port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let answer = (|| -> std::io::Result<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.take(4096).read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("tiercache: unhealthy: {}", response.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("tiercache: unhealthy: {err}");
+            ExitCode::FAILURE
+        }
     }
 }

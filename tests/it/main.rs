@@ -17,3 +17,4 @@ mod ops;
 mod origin;
 mod prefetch;
 mod process;
+mod shipping;

@@ -125,3 +125,15 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
     assert_eq!(service.wait_exit().await.code(), Some(130));
     assert!(started.elapsed() < Duration::from_secs(5), "exited at once, not after the 60 s grace");
 }
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_reports_the_local_service() {
+    let service = ServiceProcess::start(&[]).await;
+    let listen = format!("0.0.0.0:{}", service.port);
+    let (status, stderr) = run_binary(&["healthcheck"], &[("TIERCACHE__SERVER__LISTEN", listen.as_str())]);
+    assert!(status.success(), "{stderr}");
+    drop(service);
+    let (status, stderr) = run_binary(&["healthcheck"], &[("TIERCACHE__SERVER__LISTEN", listen.as_str())]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+}

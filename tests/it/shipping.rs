@@ -1,0 +1,41 @@
+//! The shipping files (SPEC §10), checked statically: there is no Docker engine here, so the
+//! compose file is validated by `docker-compose config` and the Dockerfile by what it must say.
+
+use std::process::Command;
+
+fn project_file(name: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).expect("the file exists")
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_non_root_and_health_checked() {
+    let dockerfile = project_file("Dockerfile");
+    let stages = dockerfile.lines().filter(|line| line.starts_with("FROM ")).count();
+    assert_eq!(stages, 2, "a build stage and a runtime stage");
+    assert!(dockerfile.contains("cargo build --release --locked"), "builds what Cargo.lock pins");
+    let user = dockerfile.lines().find_map(|line| line.strip_prefix("USER ")).expect("a USER line");
+    assert!(!["root", "0"].contains(&user.trim()), "runs as a non-root user");
+    assert!(dockerfile.contains("VOLUME [\"/data\"]"));
+    assert!(dockerfile.contains("EXPOSE 4000"));
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"healthcheck\""));
+    let ignore = project_file(".dockerignore");
+    assert!(ignore.lines().any(|line| line == "target"), "the build context leaves target/ out");
+}
+
+#[test]
+fn the_compose_file_is_valid_and_scrapes_both_instances() {
+    let compose = project_file("docker-compose.yml");
+    for needle in
+        ["tiercache-1", "tiercache-2", "redis", "prometheus", "./deploy/prometheus.yml", "/data/tiercache.snapshot"]
+    {
+        assert!(compose.contains(needle), "{needle}");
+    }
+    let prometheus = project_file("deploy/prometheus.yml");
+    assert!(prometheus.contains("tiercache-1:4000") && prometheus.contains("tiercache-2:4000"));
+    let output = Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("docker-compose is installed by scripts/test.sh");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
