@@ -158,3 +158,118 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     let path = std::env::var_os("PATH").ok_or(())?;
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()).ok_or(())
 }
+
+/// A real Prometheus server, killed on drop.
+struct PrometheusServer(std::process::Child);
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_two_instances_with_the_deploy_config() {
+    let first = TestApp::spawn(|_| {}).await;
+    let second = TestApp::spawn(|_| {}).await;
+    for app in [&first, &second] {
+        app.put("k", json!({"value": 1})).await.assert_status(200);
+        app.get("/api/cache/k").await.assert_status(200);
+    }
+    // deploy/prometheus.yml, as the compose file mounts it, pointed at the loopback instances.
+    let deploy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus.yml")).unwrap();
+    let targets = format!("[\"{}\", \"{}\"]", first.addr(), second.addr());
+    let config = deploy
+        .replace("[\"tiercache-1:4000\", \"tiercache-2:4000\"]", &targets)
+        .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    assert!(config.contains(&targets), "the deploy config lists its targets as expected");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = crate::harness::free_port();
+    let server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus is installed by scripts/test.sh");
+    let _server = PrometheusServer(server);
+
+    let query = |expr: &'static str| {
+        let encoded = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
+        async move {
+            let response = crate::harness::client().get(url).send().await.ok()?;
+            let body: serde_json::Value = response.json().await.ok()?;
+            body["data"]["result"].as_array().cloned()
+        }
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let up = query("up{job=\"tiercache\"} == 1").await.unwrap_or_default();
+        let hits = query("sum(tiercache_hits_total{tier=\"l1\"})").await.unwrap_or_default();
+        let hit_count: f64 = hits.first().and_then(|sample| sample["value"][1].as_str()?.parse().ok()).unwrap_or(0.0);
+        if up.len() == 2 && hit_count >= 2.0 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "up: {up:?}, hits: {hits:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // Every expression of the Grafana dashboard is valid PromQL to this server.
+    for expr in dashboard_expressions() {
+        let encoded = percent_encoding::utf8_percent_encode(&expr, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
+        let body: serde_json::Value = crate::harness::client().get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["status"], "success", "{expr}: {body}");
+    }
+}
+
+fn dashboard_expressions() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_dashboard_expression_names_existing_families() {
+    let app = TestApp::spawn(|_| {}).await;
+    app.get("/health").await.assert_status(200); // Per-route families exist once a request was seen.
+    let exposition = app.get("/metrics").await.text();
+    let families: Vec<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let expressions = dashboard_expressions();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json")).unwrap();
+    for title in [
+        "Hit ratio by tier",
+        "Request latency percentiles",
+        "L2 (Redis) state",
+        "Evictions by reason",
+        "Invalidation traffic",
+    ] {
+        assert!(text.contains(title), "a {title} panel");
+    }
+    let mut named = 0;
+    for expr in &expressions {
+        for word in
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|word| word.starts_with("tiercache_"))
+        {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(word, |name, suffix| name.strip_suffix(suffix).unwrap_or(name));
+            assert!(families.contains(&family), "{word} in {expr:?} is not an exported family");
+            named += 1;
+        }
+    }
+    assert!(named >= 15, "the dashboard uses the families ({named} names)");
+}
