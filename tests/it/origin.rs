@@ -356,3 +356,19 @@ async fn batch_and_single_reads_of_one_key_share_a_fetch() {
     assert_eq!(origin.count("k"), 1);
     assert_eq!(app.metric("coalesced").await, 1);
 }
+
+#[tokio::test]
+async fn reads_held_open_by_a_slow_origin_count_against_max_concurrency() {
+    let origin = TestOrigin::start().await;
+    origin.set_default(Reply::delayed(Duration::from_millis(800)));
+    let app = spawn_with_origin(&origin, |s| s.server.max_concurrency = 3).await;
+    let held: Vec<_> =
+        (0..3).map(|idx| tokio::spawn(client().get(format!("{}/api/cache/slow{idx}", app.base)).send())).collect();
+    eventually("three reads wait on the origin", || async { origin.total() == 3 }).await;
+    app.get("/api/cache/one-too-many").await.assert_error(503, "overloaded");
+    app.get("/health").await.assert_status(200);
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200, "the held reads complete");
+    }
+    app.get("/api/cache/now-fine").await.assert_status(200);
+}

@@ -39,3 +39,39 @@ fn the_compose_file_is_valid_and_scrapes_both_instances() {
         .expect("docker-compose is installed by scripts/test.sh");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn the_readme_config_table_matches_default_toml() {
+    fn render(value: &toml::Value) -> String {
+        match value {
+            toml::Value::String(text) => serde_json::to_string(text).unwrap(),
+            toml::Value::Array(items) => format!("[{}]", items.iter().map(render).collect::<Vec<_>>().join(", ")),
+            other => other.to_string(),
+        }
+    }
+    let defaults: toml::Table = project_file("config/default.toml").parse().expect("default.toml parses");
+    let mut expected: Vec<(String, String)> = defaults
+        .iter()
+        .flat_map(|(section, table)| {
+            table
+                .as_table()
+                .expect("sections are tables")
+                .iter()
+                .map(move |(key, value)| (format!("{section}.{key}"), render(value)))
+        })
+        .collect();
+    let readme = project_file("README.md");
+    let mut listed: Vec<(String, String)> = readme
+        .lines()
+        .skip_while(|line| !line.starts_with("| key | default |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            (cells[0].trim_start_matches("| ").trim_matches('`').to_string(), cells[1].trim_matches('`').to_string())
+        })
+        .collect();
+    expected.sort();
+    listed.sort();
+    assert_eq!(listed, expected, "README's configuration table and config/default.toml drifted apart");
+}
