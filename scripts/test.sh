@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)     # redis-cli creates test clusters
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)                     # scripts/cluster.sh --smoke
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)               # certificates for the TLS test
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)   # validates docker-compose.yml

@@ -75,3 +75,34 @@ fn the_readme_config_table_matches_default_toml() {
     listed.sort();
     assert_eq!(listed, expected, "README's configuration table and config/default.toml drifted apart");
 }
+
+#[test]
+fn the_native_cluster_script_passes_its_smoke_test() {
+    // Ports outside the ephemeral range the other tests draw from.
+    let port_base = 20_000 + (std::process::id() % 2_000) * 4;
+    let mut child = Command::new("bash")
+        .args(["scripts/cluster.sh", "--smoke"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BIN", env!("CARGO_BIN_EXE_tiercache"))
+        .env("PORT_BASE", port_base.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(90) {
+            // SIGTERM, so the script's trap stops what it started.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            panic!("scripts/cluster.sh --smoke did not finish in 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(status.success() && stdout.contains("smoke ok"), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+}
