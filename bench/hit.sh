@@ -26,11 +26,8 @@ if [ ! -x "$STATE/baseline/target/release/baseline-axum" ]; then
   (cd "$STATE/baseline" && cargo build --release --quiet)
 fi
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source bench/lib.sh
 
-wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
 TIERCACHE__SERVER__LISTEN=127.0.0.1:$TC_PORT TIERCACHE__LOG__LEVEL=warn \
   taskset -c 0 target/release/tiercache >"$STATE/tiercache.log" 2>&1 &
@@ -48,13 +45,8 @@ for size in $SIZES; do
 done
 
 run_wrk() { # url -> "req/s p50_ms p99_ms"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$1" | awk '
-    /Requests\/sec/ {rps=$2}
-    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    END {printf "%s %.3f %.3f\n", rps, ms(p50), ms(p99)}'
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$1" | wrk_summary
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "| size | server | req/s (median of $ROUNDS) | p50 ms | p99 ms | vs axum |"
 echo "|---|---|---|---|---|---|"

@@ -23,10 +23,7 @@ for tool in wrk redis-benchmark; do
 done
 cargo build --release --quiet --bin tiercache --example propagation
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+source bench/lib.sh
 
 taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir "$STATE" >/dev/null &
 pids+=($!)
@@ -60,12 +57,9 @@ LUA
 # redis-benchmark reads the same key space in raw RESP form (its own keys, same sizes).
 redis-cli -p $REDIS_PORT eval "for i=0,$((KEYS - 1)) do redis.call('SET','key:'..string.format('%012d',i),string.rep('x',100)) end" 0 >/dev/null
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : >"$STATE/tc"; : >"$STATE/rb"
 for _ in $(seq "$ROUNDS"); do
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/random.lua" "http://127.0.0.1:$C_PORT" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    /Requests\/sec/ {rps=$2} /^ +50%/ {p50=ms($2)} /^ +99%/ {p99=ms($2)} END {printf "%s %.3f %.3f\n", rps, p50, p99}' >>"$STATE/tc"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/random.lua" "http://127.0.0.1:$C_PORT" | wrk_summary >>"$STATE/tc"
   # CSV columns: test, rps, avg, min, p50, p95, p99, max (ms).
   taskset -c 1 redis-benchmark -p $REDIS_PORT -t get -c "$CONNS" -r "$KEYS" -d 100 -n $((SECONDS_PER_RUN * 60000)) --csv |
     awk -F'"' '$2 == "GET" {print $4, $10, $14}' >>"$STATE/rb"

@@ -25,10 +25,7 @@ mkdir -p "$STATE"
 cargo build --release --quiet --bin tiercache --example origin_bench
 BENCH=target/release/examples/origin_bench
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+source bench/lib.sh
 start_tiercache() { # port origin_port
   TIERCACHE__SERVER__LISTEN=127.0.0.1:$1 TIERCACHE__LOG__LEVEL=warn TIERCACHE__SERVER__MAX_CONCURRENCY=4096 \
     TIERCACHE__ORIGIN__URL="http://127.0.0.1:$2/items/{key}" TIERCACHE__ORIGIN__TIMEOUT_MS=10000 \
@@ -61,13 +58,8 @@ request = function()
 end
 LUA
 run_wrk() { # url_base path_prefix -> "req/s p50_ms p99_ms"
-  PATH_PREFIX=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/unique.lua" "$1" | awk '
-    /Requests\/sec/ {rps=$2}
-    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    END {printf "%s %.3f %.3f\n", rps, ms(p50), ms(p99)}'
+  PATH_PREFIX=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency -s "$STATE/unique.lua" "$1" | wrk_summary
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : >"$STATE/miss.direct"; : >"$STATE/miss.tc"
 for _ in $(seq "$ROUNDS"); do
   run_wrk "http://127.0.0.1:$FAST_PORT" /items/ >>"$STATE/miss.direct"

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // reqwest is built without a bundled TLS provider (see Cargo.toml): ring, as the service.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     let (a, b) = (args.get(1).expect("URL of A"), args.get(2).expect("URL of B"));
     let writes: usize = args.get(3).map_or(1000, |n| n.parse().expect("a count"));

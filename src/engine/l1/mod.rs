@@ -259,13 +259,7 @@ impl L1 {
 
     /// Inserts an entry whose key is known to be vacant; the caller holds the stripe.
     fn insert_new_locked(&self, key: &Key, entry: Arc<Entry>) {
-        for tag in entry.tags() {
-            self.shared.tags.add(tag, key, entry.version());
-        }
-        for dependency in entry.depends_on() {
-            self.shared.dependents.add(dependency, key, entry.version());
-        }
-        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+        self.shared.remember(key, &entry);
         let mut evicted = Vec::new();
         self.cache.insert_with_lifecycle(key.clone(), entry, &mut evicted);
         drop(evicted); // Evicted values are freed here, outside every lock.
@@ -275,13 +269,7 @@ impl L1 {
     /// path); returns whether it did. Same record order as `insert_locked`: index records and
     /// bytes first, withdrawn if the key turns out to be resident. The caller holds the stripe.
     fn insert_vacant_locked(&self, key: &Key, entry: Arc<Entry>) -> bool {
-        for tag in entry.tags() {
-            self.shared.tags.add(tag, key, entry.version());
-        }
-        for dependency in entry.depends_on() {
-            self.shared.dependents.add(dependency, key, entry.version());
-        }
-        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+        self.shared.remember(key, &entry);
         let mut evicted = Vec::new();
         let inserted = match self.cache.entry(key, None, |_, _| EntryAction::Retain(())) {
             EntryResult::Vacant(guard) => match guard.insert_with_lifecycle(entry.clone(), &mut evicted) {
@@ -349,13 +337,7 @@ impl L1 {
 
     /// The insert itself; the caller holds the key's stripe lock.
     fn insert_locked(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        for tag in entry.tags() {
-            self.shared.tags.add(tag, key, entry.version());
-        }
-        for dependency in entry.depends_on() {
-            self.shared.dependents.add(dependency, key, entry.version());
-        }
-        self.shared.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+        self.shared.remember(key, &entry);
 
         let mut evicted = Vec::new();
         let replaced = match self
@@ -493,6 +475,18 @@ impl L1 {
 }
 
 impl Shared {
+    /// Accounts for an entry about to enter the cache: index records and bytes, added before
+    /// the insert (see the module invariants); `forget` undoes exactly this.
+    fn remember(&self, key: &Key, entry: &Entry) {
+        for tag in entry.tags() {
+            self.tags.add(tag, key, entry.version());
+        }
+        for dependency in entry.depends_on() {
+            self.dependents.add(dependency, key, entry.version());
+        }
+        self.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
+    }
+
     /// Accounts for an entry that left the cache: bytes, index records, the eviction counter.
     fn forget(&self, key: &Key, entry: &Entry, reason: EvictionReason) {
         self.bytes.fetch_sub(entry.size() as i64, Ordering::Relaxed);
