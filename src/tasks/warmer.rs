@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::snapshot::Persistence;
 use crate::engine::warm::Warmer;
-use crate::engine::Engine;
+use crate::engine::{Engine, TierStatus};
+
+/// How long a start-up warm waits for the L2 connection before it goes ahead without it.
+const L2_WAIT: Duration = Duration::from_secs(2);
 
 /// What the start-up load is, decided by `App` before the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,18 @@ impl WarmerTask {
         }
     }
 
+    /// Warmed entries are meant for L2 too, and at start its connection is still being made:
+    /// give it a moment (bounded, counted against nothing else) before warming without it.
+    async fn wait_for_l2(&self) {
+        if !self.engine.has_l2() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + L2_WAIT;
+        while self.engine.l2_status() != TierStatus::Up && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn start_load(&self, start: StartLoad) {
         match start {
             StartLoad::Restore => {
@@ -77,11 +92,13 @@ impl WarmerTask {
                 }
                 if self.warmer.is_configured() && self.warmer.try_begin(self.engine.clock().now_ms()) {
                     tracing::info!("start-up: warming after the restore");
+                    self.wait_for_l2().await;
                     self.warmer.run(&self.engine).await;
                 }
             }
             StartLoad::Warm => {
                 tracing::info!("start-up: warming before ready");
+                self.wait_for_l2().await;
                 self.warmer.run(&self.engine).await;
                 self.ready.store(true, Ordering::Release);
                 tracing::info!("ready");
