@@ -169,3 +169,22 @@ async fn delete_reports_whether_the_key_existed() {
     assert_eq!(app.delete("/api/cache/gone").await.json(), json!({"deleted": false, "invalidated": 0}));
     assert_eq!(app.get("/api/cache/metrics").await.json()["deletes"], 1);
 }
+
+/// JSON has one number type: a whole number written as `60.0` is 60 (as JSON Schema and
+/// `openapi.yaml` say), while a fraction or a negative number is refused.
+#[tokio::test]
+async fn whole_numbers_are_accepted_however_written() {
+    let app = TestApp::spawn(|_| {}).await;
+    app.put("k", json!({"value": 1, "ttl": 60.0})).await.assert_status(200);
+    let ttl = app.get("/api/cache/k").await.json()["ttl_remaining"].as_u64().unwrap();
+    assert!((58..=60).contains(&ttl), "{ttl}");
+    app.post("/api/cache/batch/set", json!({"entries": [{"key": "b", "value": 2, "ttl": 6e1}]}))
+        .await
+        .assert_status(200);
+    let evicted = app.post("/api/cache/evict", json!({"count": 1.0, "predictions": {"b": 0.1}})).await;
+    assert_eq!(evicted.json()["keys"], json!(["b"]));
+    app.put("k", json!({"value": 2, "ttl": 1.5})).await.assert_error(400, "invalid_body");
+    app.put("k", json!({"value": 2, "ttl": -60.0})).await.assert_error(400, "invalid_body");
+    app.post("/api/cache/evict", json!({"count": 0.5})).await.assert_error(400, "invalid_body");
+    assert_eq!(app.get("/api/cache/k").await.json()["value"], 1, "a refused write changed nothing");
+}

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::present_raw;
+use super::{optional_whole_number, present_raw, whole_number};
 use crate::engine::{Invalidation, Key, ValidWrite, WriteRequest};
 use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
@@ -75,6 +75,7 @@ pub struct BatchEntry {
     key: String,
     #[serde(default, deserialize_with = "present_raw")]
     value: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
     ttl: Option<u64>,
     tags: Option<Vec<String>>,
     depends_on: Option<Vec<String>>,
@@ -112,7 +113,8 @@ pub async fn batch_set(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvictBody {
-    count: usize,
+    #[serde(deserialize_with = "whole_number")]
+    count: u64,
     predictions: Option<HashMap<String, f64>>,
 }
 
@@ -133,7 +135,7 @@ pub async fn evict(State(state): State<AppState>, JsonBody(body): JsonBody<Evict
             Some(predictions)
         }
     };
-    let keys = state.engine.evict(body.count, predictions.as_ref());
+    let keys = state.engine.evict(usize::try_from(body.count).unwrap_or(usize::MAX), predictions.as_ref());
     let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
     Ok(Json(json!({ "evicted": keys.len(), "keys": keys })).into_response())
 }

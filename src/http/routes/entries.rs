@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::present_raw;
+use super::{optional_whole_number, present_raw};
 use crate::engine::clock::rfc3339;
 use crate::engine::{Lookup, WriteRequest};
 use crate::http::error::ApiError;
@@ -35,6 +35,7 @@ pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, headers: 
 pub struct PutBody {
     #[serde(default, deserialize_with = "present_raw")]
     value: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
     ttl: Option<u64>,
     tags: Option<Vec<String>>,
     depends_on: Option<Vec<String>>,
