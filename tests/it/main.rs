@@ -5,6 +5,7 @@ mod auth;
 mod batch;
 mod bounds;
 mod cluster;
+mod contract;
 mod entries;
 mod errors;
 mod fuzz;
