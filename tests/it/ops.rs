@@ -121,10 +121,7 @@ async fn prometheus_families_use_route_templates_never_keys() {
 
 #[tokio::test]
 async fn the_exposition_passes_promtool() {
-    let Ok(promtool) = which("promtool") else {
-        eprintln!("promtool is not installed; scripts/test.sh installs it (Debian package prometheus)");
-        return;
-    };
+    let promtool = which("promtool").expect("promtool is installed by scripts/test.sh (Debian package prometheus)");
     let app = TestApp::spawn(|_| {}).await;
     app.put("k", json!({"value": 1})).await.assert_status(200);
     app.get("/api/cache/k").await.assert_status(200);
@@ -145,6 +142,125 @@ async fn the_exposition_passes_promtool() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The Prometheus table of SPEC §8: every family, its type, its label names, and for labels
+/// from a fixed set, every value present from the start (so a dashboard never sees a gap).
+#[tokio::test]
+async fn every_family_of_the_spec_table_is_exposed_with_its_labels() {
+    type Family = (&'static str, &'static str, &'static [&'static str]);
+    const TABLE: [Family; 23] = [
+        ("tiercache_http_requests_total", "counter", &["route", "method", "status"]),
+        ("tiercache_http_request_duration_seconds", "histogram", &["route", "method"]),
+        ("tiercache_hits_total", "counter", &["tier"]),
+        ("tiercache_misses_total", "counter", &[]),
+        ("tiercache_stale_served_total", "counter", &[]),
+        ("tiercache_coalesced_total", "counter", &[]),
+        ("tiercache_sets_total", "counter", &[]),
+        ("tiercache_deletes_total", "counter", &[]),
+        ("tiercache_evictions_total", "counter", &["reason"]),
+        ("tiercache_entries", "gauge", &[]),
+        ("tiercache_bytes", "gauge", &[]),
+        ("tiercache_l2_up", "gauge", &[]),
+        ("tiercache_l2_errors_total", "counter", &[]),
+        ("tiercache_origin_fetches_total", "counter", &["result"]),
+        ("tiercache_origin_fetch_duration_seconds", "histogram", &[]),
+        ("tiercache_invalidation_messages_total", "counter", &["direction"]),
+        ("tiercache_prefetch_requests_total", "counter", &[]),
+        ("tiercache_prefetch_queue_size", "gauge", &[]),
+        ("tiercache_warm_duration_seconds", "histogram", &[]),
+        ("tiercache_snapshot_duration_seconds", "histogram", &[]),
+        ("tiercache_snapshot_last_success_timestamp_seconds", "gauge", &[]),
+        // Beyond the table: prefetched entries read, and snapshot files refused at start.
+        ("tiercache_prefetch_hits_total", "counter", &[]),
+        ("tiercache_snapshot_load_errors_total", "counter", &[]),
+    ];
+    const FIXED_VALUES: [(&str, &str, &[&str]); 4] = [
+        ("tiercache_hits_total", "tier", &["l1", "l2"]),
+        ("tiercache_evictions_total", "reason", &["capacity", "expired", "invalidated", "manual"]),
+        ("tiercache_origin_fetches_total", "result", &["ok", "not_found", "error"]),
+        ("tiercache_invalidation_messages_total", "direction", &["published", "received", "malformed"]),
+    ];
+
+    let app = TestApp::spawn(|_| {}).await;
+    app.put("k", json!({"value": 1})).await.assert_status(200);
+    app.get("/api/cache/k").await.assert_status(200);
+    let text = app.get("/metrics").await.text();
+
+    let mut types = std::collections::BTreeMap::new();
+    let mut labels: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    let mut values: std::collections::BTreeSet<(String, String, String)> = Default::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap();
+        let name = &line[..name_end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        let names = labels.entry(family.to_string()).or_default();
+        for (label, value) in sample_labels(&line[name_end..]) {
+            if label != "le" {
+                names.insert(label.clone());
+                values.insert((family.to_string(), label, value));
+            }
+        }
+    }
+    let route = ("tiercache_http_requests_total".to_string(), "route".to_string(), "/api/cache/{*key}".to_string());
+    assert!(values.contains(&route), "the route label is the template: {values:?}");
+    for (family, kind, expected) in TABLE {
+        assert_eq!(types.get(family).map(String::as_str), Some(kind), "{family} has type {kind}");
+        let expected: std::collections::BTreeSet<String> = expected.iter().map(|label| label.to_string()).collect();
+        assert_eq!(labels.get(family), Some(&expected), "{family} has the labels {expected:?}");
+    }
+    let exposed: std::collections::BTreeSet<&String> = types.keys().collect();
+    let listed: std::collections::BTreeSet<String> = TABLE.iter().map(|(family, _, _)| family.to_string()).collect();
+    assert_eq!(exposed, listed.iter().collect(), "no family beyond the table and the two listed extras");
+    for (family, label, fixed) in FIXED_VALUES {
+        let seen: Vec<&str> =
+            values.iter().filter(|(f, l, _)| f == family && l == label).map(|(_, _, value)| value.as_str()).collect();
+        let mut fixed = fixed.to_vec();
+        fixed.sort_unstable();
+        assert_eq!(seen, fixed, "{family}{{{label}}} has exactly its fixed values from the start");
+    }
+}
+
+/// The `(label, value)` pairs of a sample line's `{...}` part (values may hold `{`, `}`, `,`).
+fn sample_labels(rest: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let Some(mut rest) = rest.strip_prefix('{') else {
+        return pairs;
+    };
+    while let Some((label, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((idx, c)) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next().map(|(_, escaped)| escaped)),
+                '"' => {
+                    end = idx + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        pairs.push((label.trim_start_matches(',').to_string(), value));
+        rest = &after[end..];
+        if rest.starts_with('}') {
+            break;
+        }
+    }
+    pairs
 }
 
 #[tokio::test]
