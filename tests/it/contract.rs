@@ -64,6 +64,13 @@ fn every_route_is_described_and_nothing_else_is() {
             }
         }
     }
+    let described = described_operations();
+    assert_eq!(served.len(), 17, "the router scan found every route: {served:?}");
+    assert_eq!(described, served);
+}
+
+/// `(METHOD, path)` of every operation in `openapi.yaml`.
+fn described_operations() -> BTreeSet<(String, String)> {
     let spec = std::fs::read_to_string(project().join("openapi.yaml")).unwrap();
     let mut described = BTreeSet::new();
     let mut current = None;
@@ -81,8 +88,33 @@ fn every_route_is_described_and_nothing_else_is() {
             }
         }
     }
-    assert_eq!(served.len(), 17, "the router scan found every route: {served:?}");
-    assert_eq!(described, served);
+    described
+}
+
+/// The README shows a curl call for every operation (SPEC §10).
+#[test]
+fn the_readme_has_a_curl_example_for_every_operation() {
+    let readme = std::fs::read_to_string(project().join("README.md")).unwrap();
+    let calls: Vec<&str> = readme.lines().filter(|line| line.starts_with("curl ")).collect();
+    for (method, path) in described_operations() {
+        let (prefix, suffix) = path.split_once("{key}").unwrap_or((&path, ""));
+        let found = calls.iter().any(|call| {
+            let url = call.split_whitespace().find(|word| word.starts_with("localhost:4000/")).unwrap_or_default();
+            let url = url.trim_start_matches("localhost:4000");
+            let method_matches =
+                if method == "GET" { !call.contains(" -X ") } else { call.contains(&format!("-X {method} ")) };
+            let path_matches = if path.contains("{key}") {
+                url.len() > prefix.len() + suffix.len()
+                    && url.starts_with(prefix)
+                    && url.ends_with(suffix)
+                    && !described_operations().iter().any(|(_, fixed)| fixed == url)
+            } else {
+                url == path
+            };
+            method_matches && path_matches
+        });
+        assert!(found, "README.md has no curl example of {method} {path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
