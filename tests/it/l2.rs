@@ -142,7 +142,10 @@ async fn reads_survive_redis_dying_and_the_service_recovers_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let a = TestApp::spawn_with_redis(&redis, |_| {}).await;
     let b = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let received = b.metric("invalidations_received").await.as_u64().unwrap();
     a.put("kept", json!({"value": "in l1"})).await.assert_status(200);
+    // The message about a's write must reach b before b caches the key, or it drops b's copy.
+    b.wait_received(received + 1).await;
     b.get("/api/cache/kept").await.assert_status(200);
 
     redis.kill();
