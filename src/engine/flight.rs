@@ -91,12 +91,24 @@ impl<R> Drop for FlightRun<R> {
     }
 }
 
-/// Waits up to `limit` for the first result; `None` when the limit passed or the flight died.
-pub(crate) async fn wait<R: Clone>(mut receiver: watch::Receiver<Option<R>>, limit: std::time::Duration) -> Option<R> {
-    let outcome = tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await;
-    match outcome {
-        Ok(Ok(result)) => result.clone(),
-        _ => None,
+/// Why a waiter got no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unanswered {
+    /// The flight ended without publishing (its run was dropped): start another.
+    Abandoned,
+    /// `deadline` passed first.
+    TimedOut,
+}
+
+/// Waits for the first result of a flight until `deadline`.
+pub(crate) async fn wait<R: Clone>(
+    mut receiver: watch::Receiver<Option<R>>,
+    deadline: tokio::time::Instant,
+) -> Result<R, Unanswered> {
+    match tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await {
+        Ok(Ok(result)) => result.clone().ok_or(Unanswered::Abandoned),
+        Ok(Err(_)) => Err(Unanswered::Abandoned),
+        Err(_) => Err(Unanswered::TimedOut),
     }
 }
 
@@ -105,6 +117,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn soon(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
 
     fn key(raw: &str) -> Key {
         Key::parse(raw, 512).unwrap()
@@ -119,8 +135,8 @@ mod tests {
         assert!(first.run.is_some() && second.run.is_none() && other.run.is_some());
         let run = first.run.unwrap();
         run.publish(7);
-        assert_eq!(wait(second.receiver, Duration::from_secs(1)).await, Some(7));
-        assert_eq!(wait(first.receiver, Duration::from_secs(1)).await, Some(7));
+        assert_eq!(wait(second.receiver, soon(1000)).await, Ok(7));
+        assert_eq!(wait(first.receiver, soon(1000)).await, Ok(7));
         drop(run);
         assert!(!flights.is_running("a"));
         assert!(flights.join(&key("a")).run.is_some(), "a finished flight makes room for the next");
@@ -132,7 +148,7 @@ mod tests {
         let started = flights.join(&key("a"));
         let waiter = flights.join(&key("a"));
         drop(started.run);
-        assert_eq!(wait(waiter.receiver, Duration::from_secs(5)).await, None);
+        assert_eq!(wait(waiter.receiver, soon(5000)).await, Err(Unanswered::Abandoned));
         assert_eq!(flights.len(), 0);
     }
 
@@ -142,10 +158,10 @@ mod tests {
         let started = flights.join(&key("a"));
         let impatient = flights.join(&key("a"));
         let patient = flights.join(&key("a"));
-        assert_eq!(wait(impatient.receiver, Duration::from_millis(20)).await, None);
+        assert_eq!(wait(impatient.receiver, soon(20)).await, Err(Unanswered::TimedOut));
         drop(started.receiver);
         started.run.as_ref().unwrap().publish(1);
-        assert_eq!(wait(patient.receiver, Duration::from_secs(1)).await, Some(1));
+        assert_eq!(wait(patient.receiver, soon(1000)).await, Ok(1));
     }
 
     #[tokio::test]

@@ -238,35 +238,100 @@ impl Engine {
     }
 
     /// Joins (or starts) the flight for `key` and waits for its first result, bounded.
+    ///
+    /// The reader that starts a flight reads L2 itself, without a task: an L2 hit, the common
+    /// L1 miss, costs no spawn and no hand-off. Only the origin step runs detached, so a client
+    /// that goes away never cancels an origin fetch others wait for. A starter that goes away
+    /// during the L2 read ends the flight without a result; its waiters then start again.
     async fn join_flight(self: &Arc<Self>, key: &Key, check_l2: bool, prefetch: bool) -> Option<Resolved> {
-        let joined = self.flights.join(key);
-        match joined.run {
-            Some(run) => self.spawn_flight(run, check_l2, prefetch),
-            None => self.metrics.coalesced.inc(),
-        }
         let limit = self.origin.as_ref().map_or(L2_ONLY_WAIT, |origin| origin.timeout());
-        flight::wait(joined.receiver, limit).await
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let joined = self.flights.join(key);
+            match joined.run {
+                Some(run) => {
+                    if let Some(resolved) = self.start_flight(run, check_l2, prefetch).await {
+                        return Some(resolved);
+                    }
+                }
+                None => self.metrics.coalesced.inc(),
+            }
+            match flight::wait(joined.receiver, deadline).await {
+                Ok(resolved) => return Some(resolved),
+                Err(flight::Unanswered::Abandoned) => continue,
+                Err(flight::Unanswered::TimedOut) => return None,
+            }
+        }
     }
 
+    /// Runs a flight's L2 step here and, when the origin must be asked, spawns its origin
+    /// step. `Some` when this reader has its answer (published to the waiters too); `None`
+    /// when it must wait for the origin like the others.
+    async fn start_flight(
+        self: &Arc<Self>,
+        run: FlightRun<Resolved>,
+        check_l2: bool,
+        prefetch: bool,
+    ) -> Option<Resolved> {
+        let token = self.l1.fill_token(run.key().as_str());
+        let started = Instant::now();
+        let stale_from_l2 = match self.flight_l2_step(&run, token, check_l2).await {
+            Ok(stale) => stale,
+            Err(resolved) => {
+                run.publish(resolved.clone());
+                return Some(resolved);
+            }
+        };
+        let own = stale_from_l2
+            .clone()
+            .map(|entry| Resolved::Found(Hit { entry, source: Source::L2, served: Served::Stale(Stale::Refreshing) }));
+        if let Some(own) = &own {
+            run.publish(own.clone());
+        }
+        let engine = self.clone();
+        self.background.spawn(async move {
+            let resolved = engine.flight_origin_step(&run, token, stale_from_l2, started, prefetch).await;
+            run.publish(resolved);
+        });
+        own
+    }
+
+    /// A whole flight in the background (a stale-while-revalidate refresh).
     fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, check_l2: bool, prefetch: bool) {
         let engine = self.clone();
         self.background.spawn(async move {
-            let resolved = engine.resolve(&run, check_l2, prefetch).await;
+            let token = engine.l1.fill_token(run.key().as_str());
+            let started = Instant::now();
+            let resolved = match engine.flight_l2_step(&run, token, check_l2).await {
+                Ok(stale) => {
+                    if let Some(entry) = &stale {
+                        let served = Served::Stale(Stale::Refreshing);
+                        run.publish(Resolved::Found(Hit { entry: entry.clone(), source: Source::L2, served }));
+                    }
+                    engine.flight_origin_step(&run, token, stale, started, prefetch).await
+                }
+                Err(resolved) => resolved,
+            };
             run.publish(resolved);
         });
     }
 
-    /// One flight: L2 (unless the caller just looked), then the origin.
-    async fn resolve(&self, run: &FlightRun<Resolved>, check_l2: bool, prefetch: bool) -> Resolved {
+    /// A flight's first step: L2 (unless the caller just looked). `Err` ends the flight with
+    /// that result (a fresh L2 copy, or nothing more to ask); `Ok` goes on to the origin,
+    /// with the stale L2 copy to fall back on, if any.
+    async fn flight_l2_step(
+        &self,
+        run: &FlightRun<Resolved>,
+        token: FillToken,
+        check_l2: bool,
+    ) -> Result<Option<Arc<Entry>>, Resolved> {
         let key = run.key();
-        let started = Instant::now();
-        let token = self.l1.fill_token(key.as_str());
         let mut stale_from_l2 = None;
         if let (Some(l2), true) = (&self.l2, check_l2) {
             match l2.get(key.as_str()).await {
                 Ok(Some(envelope)) => match self.fill_from_l2(key, envelope, token) {
                     Some(entry) if !entry.is_past_expiry(self.clock.now_ms()) => {
-                        return Resolved::Found(Hit { entry, source: Source::L2, served: Served::Fresh })
+                        return Err(Resolved::Found(Hit { entry, source: Source::L2, served: Served::Fresh }))
                     }
                     Some(stale) => stale_from_l2 = Some(stale),
                     None => {}
@@ -277,18 +342,29 @@ impl Engine {
                 Err(err) => tracing::debug!(%err, "l2 read failed, answering from the tiers that remain"),
             }
         }
-        let Some(origin) = &self.origin else {
-            return match stale_from_l2 {
+        if self.origin.is_none() {
+            return Err(match stale_from_l2 {
                 Some(entry) => {
                     Resolved::Found(Hit { entry, source: Source::L2, served: Served::Stale(Stale::NoRefresh) })
                 }
                 None => Resolved::Absent,
-            };
-        };
-        if let Some(entry) = &stale_from_l2 {
-            let served = Served::Stale(Stale::Refreshing);
-            run.publish(Resolved::Found(Hit { entry: entry.clone(), source: Source::L2, served }));
+            });
         }
+        Ok(stale_from_l2)
+    }
+
+    /// A flight's second step: the origin, storing what it may keep; the stale L2 copy stands
+    /// in when the origin fails.
+    async fn flight_origin_step(
+        &self,
+        run: &FlightRun<Resolved>,
+        token: FillToken,
+        stale_from_l2: Option<Arc<Entry>>,
+        started: Instant,
+        prefetch: bool,
+    ) -> Resolved {
+        let key = run.key();
+        let Some(origin) = &self.origin else { return Resolved::Absent };
         let fetched = origin.fetch(key, started + origin.timeout(), &self.metrics).await;
         let now_ms = self.clock.now_ms();
         match fetched {

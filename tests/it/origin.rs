@@ -221,8 +221,42 @@ async fn concurrent_l2_reads_of_one_key_are_coalesced() {
         assert_eq!((body["value"].clone(), body["source"].clone()), (json!(42), json!("l2")));
     }
     let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut connection).unwrap();
-    let gets = stats.lines().find(|line| line.starts_with("cmdstat_get:")).expect("GET was called");
-    assert!(gets.starts_with("cmdstat_get:calls=1,"), "one L2 GET for 30 reads: {gets}");
+    let reads = stats.lines().find(|line| line.starts_with("cmdstat_mget:")).expect("MGET was called");
+    assert!(reads.starts_with("cmdstat_mget:calls=1,"), "one L2 read for 30 reads: {reads}");
+    assert!(!stats.contains("cmdstat_get:"), "{stats}");
+}
+
+/// Reads of different keys that miss L1 together share one MGET (`engine/l2/batch.rs`):
+/// while one batch waits on Redis, the reads behind it queue and go as the next one.
+#[tokio::test]
+async fn concurrent_l2_reads_of_different_keys_are_batched() {
+    let redis = RedisServer::start().await;
+    let writer = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let reader = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let entries: Vec<_> = (0..20).map(|idx| json!({"key": format!("k{idx}"), "value": idx})).collect();
+    writer.post("/api/cache/batch/set", json!({ "entries": entries })).await.assert_status(200);
+    let mut connection = redis.client();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut connection).unwrap();
+
+    redis.freeze(true);
+    let requests: Vec<_> =
+        (0..20).map(|idx| tokio::spawn(client().get(format!("{}/api/cache/k{idx}", reader.base)).send())).collect();
+    // Bounded: the reads reach the reader and queue behind the first batch, which Redis holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.freeze(false);
+    for (idx, request) in requests.into_iter().enumerate() {
+        let body: serde_json::Value = request.await.unwrap().expect("answered").json().await.unwrap();
+        assert_eq!((body["value"].clone(), body["source"].clone()), (json!(idx), json!("l2")));
+    }
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut connection).unwrap();
+    let calls: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .expect("MGET was called");
+    assert!((1..=3).contains(&calls), "20 reads in at most 3 MGETs, got {calls}: {stats}");
+    assert!(!stats.contains("cmdstat_get:"), "{stats}");
 }
 
 #[tokio::test]

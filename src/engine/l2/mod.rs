@@ -15,6 +15,7 @@
 //! Every call is bounded by `l2.timeout_ms` and goes through the [`Breaker`]. Knows nothing of
 //! HTTP or of L1.
 
+mod batch;
 mod breaker;
 pub mod envelope;
 
@@ -85,6 +86,8 @@ pub(crate) struct L2 {
     /// handles). A std lock: held only to clone, never across `.await`.
     connection: RwLock<Option<Connection>>,
     breaker: Breaker,
+    /// Batches single-key reads into MGETs.
+    reads: batch::ReadBatcher,
     /// Set by the breaker opening, read by the subscriber: messages may have been missed.
     outage_seen: AtomicBool,
     metrics: Arc<Metrics>,
@@ -96,6 +99,7 @@ impl L2 {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open_for),
             config,
             connection: RwLock::new(None),
+            reads: batch::ReadBatcher::default(),
             outage_seen: AtomicBool::new(false),
             metrics,
         }
@@ -148,21 +152,29 @@ impl L2 {
     }
 
     /// The entry under `key`, if L2 holds a well-formed one. A malformed value is counted in
-    /// `l2_errors` and is a miss.
+    /// `l2_errors` and is a miss. Reads that arrive together share one MGET (`batch.rs`).
     pub async fn get(&self, key: &str) -> Result<Option<Envelope>, L2Error> {
-        let raw: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(self.entry_key(key))).await?;
-        Ok(raw.and_then(|bytes| self.decode(&bytes)))
+        self.reads
+            .read(
+                self.entry_key(key),
+                |names| self.mget(names),
+                |name| async move { Ok(self.mget(vec![name]).await?.pop().flatten()) },
+            )
+            .await
     }
 
     /// The entries under `keys`, in order (one MGET; the cluster client splits it by slot).
     pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Envelope>>, L2Error> {
-        if keys.is_empty() {
+        self.mget(keys.iter().map(|key| self.entry_key(key)).collect()).await
+    }
+
+    /// MGET of entry keys (already prefixed).
+    async fn mget(&self, names: Vec<String>) -> Result<Vec<Option<Envelope>>, L2Error> {
+        if names.is_empty() {
             return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("MGET");
-        for key in keys {
-            cmd.arg(self.entry_key(key));
-        }
+        cmd.arg(names);
         let raw: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
         Ok(raw.into_iter().map(|bytes| bytes.and_then(|bytes| self.decode(&bytes))).collect())
     }
