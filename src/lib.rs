@@ -9,6 +9,8 @@
 //! - [`App`] is the manager: it owns the engine, the server and every task, and stops them.
 
 pub mod app;
+#[doc(hidden)]
+pub mod bench_api;
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod http;
