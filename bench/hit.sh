@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # L1 hit throughput and latency of tiercache against the bare-axum ceiling
-# (../shared/bench/baseline-axum), side by side on this machine.
+# (examples/bare_baseline.rs, this project's own copy of ../shared/bench/baseline-axum built
+# with the same dependencies), side by side on this machine.
 #
 # Servers are pinned to core 0 and wrk to core 1 (wrk -t1 -c$CONNS); rounds alternate between
 # the two servers so drift hits both; the table reports medians. Everything started here is
@@ -13,18 +14,13 @@ ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 CONNS=${CONNS:-64}
 SIZES=${SIZES:-"100 1024"}
-BASELINE_SRC=${BASELINE_SRC:-../shared/bench/baseline-axum}
 STATE=${STATE:-/tmp/tiercache-bench}
 TC_PORT=18186
 BASE_PORT=18181
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 mkdir -p "$STATE"
-cargo build --release --quiet
-if [ ! -x "$STATE/baseline/target/release/baseline-axum" ]; then
-  rm -rf "$STATE/baseline" && cp -r "$BASELINE_SRC" "$STATE/baseline"
-  (cd "$STATE/baseline" && cargo build --release --quiet)
-fi
+cargo build --release --quiet --bin tiercache --example bare_baseline
 
 source bench/lib.sh
 
@@ -32,7 +28,7 @@ source bench/lib.sh
 TIERCACHE__SERVER__LISTEN=127.0.0.1:$TC_PORT TIERCACHE__LOG__LEVEL=warn \
   taskset -c 0 target/release/tiercache >"$STATE/tiercache.log" 2>&1 &
 pids+=($!)
-BIND=127.0.0.1:$BASE_PORT SIZES="${SIZES// /,}" taskset -c 0 "$STATE/baseline/target/release/baseline-axum" >"$STATE/baseline.log" 2>&1 &
+BIND=127.0.0.1:$BASE_PORT SIZES="${SIZES// /,}" taskset -c 0 target/release/examples/bare_baseline >"$STATE/baseline.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$TC_PORT/health"
 wait_http "http://127.0.0.1:$BASE_PORT/api/cache/b100"
