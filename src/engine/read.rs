@@ -300,19 +300,7 @@ impl Engine {
     fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, check_l2: bool, prefetch: bool) {
         let engine = self.clone();
         self.background.spawn(async move {
-            let token = engine.l1.fill_token(run.key().as_str());
-            let started = Instant::now();
-            let resolved = match engine.flight_l2_step(&run, token, check_l2).await {
-                Ok(stale) => {
-                    if let Some(entry) = &stale {
-                        let served = Served::Stale(Stale::Refreshing);
-                        run.publish(Resolved::Found(Hit { entry: entry.clone(), source: Source::L2, served }));
-                    }
-                    engine.flight_origin_step(&run, token, stale, started, prefetch).await
-                }
-                Err(resolved) => resolved,
-            };
-            run.publish(resolved);
+            engine.start_flight(run, check_l2, prefetch).await;
         });
     }
 
