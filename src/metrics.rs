@@ -28,8 +28,11 @@ pub enum EvictionReason {
 
 pub struct Metrics {
     registry: Registry,
-    pub(crate) http_requests: IntCounterVec,
-    pub(crate) http_duration: HistogramVec,
+    /// Unique per `Metrics`, process-wide: keys the per-thread handle cache of
+    /// [`Metrics::record_request`], so two instances in one process never share handles.
+    id: u64,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
     pub(crate) hits_l1: IntCounter,
     pub(crate) hits_l2: IntCounter,
     pub(crate) misses: IntCounter,
@@ -191,6 +194,7 @@ impl Metrics {
             evicted_invalidated: evictions.with_label_values(&["invalidated"]),
             evicted_manual: evictions.with_label_values(&["manual"]),
             registry,
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
             http_requests,
             http_duration,
             misses,
@@ -271,5 +275,62 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The handles of one `(route, method, status)`: a label lookup in prometheus hashes the
+/// label values and takes a lock, so each worker thread keeps the few it used last.
+struct RequestHandles {
+    metrics_id: u64,
+    route: Box<str>,
+    method: &'static str,
+    status: u16,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+/// Handles cached per worker thread; a handful covers a service's hot routes.
+const HANDLE_CACHE: usize = 16;
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<Vec<RequestHandles>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Metrics {
+    /// Counts one answered request and its duration under its route template, method and
+    /// status, without a label lookup when this thread recorded the same triple recently.
+    pub fn record_request(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+        HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let found = cache.iter().position(|handles| {
+                handles.metrics_id == self.id
+                    && handles.status == status
+                    && handles.method == method
+                    && &*handles.route == route
+            });
+            let idx = match found {
+                Some(idx) => idx,
+                None => {
+                    if cache.len() == HANDLE_CACHE {
+                        cache.remove(0);
+                    }
+                    let mut status_text = itoa::Buffer::new();
+                    let status_text = status_text.format(status);
+                    cache.push(RequestHandles {
+                        metrics_id: self.id,
+                        route: route.into(),
+                        method,
+                        status,
+                        requests: self.http_requests.with_label_values(&[route, method, status_text]),
+                        duration: self.http_duration.with_label_values(&[route, method]),
+                    });
+                    cache.len() - 1
+                }
+            };
+            cache[idx].requests.inc();
+            cache[idx].duration.observe(seconds);
+        });
     }
 }

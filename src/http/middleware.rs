@@ -68,8 +68,7 @@ pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> 
 fn record(state: &AppState, route: &str, method: &'static str, response: &Response, started: Instant) {
     let elapsed = started.elapsed();
     let status = response.status();
-    state.metrics.http_requests.with_label_values(&[route, method, status.as_str()]).inc();
-    state.metrics.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
+    state.metrics.record_request(route, method, status.as_u16(), elapsed.as_secs_f64());
     tracing::debug!(route, method, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request");
 }
 

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use crate::engine::clock::rfc3339;
+use crate::engine::clock::push_rfc3339;
 use crate::engine::{Hit, Key, Miss, Served, Source, Stale};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -54,11 +54,11 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
     body.extend_from_slice(b",\"source\":\"");
     body.extend_from_slice(hit.source.as_str().as_bytes());
     body.extend_from_slice(b"\",\"cached_at\":\"");
-    body.extend_from_slice(rfc3339(entry.cached_at_ms()).as_bytes());
+    push_rfc3339(&mut body, entry.cached_at_ms());
     body.extend_from_slice(b"\",\"expires_at\":\"");
-    body.extend_from_slice(rfc3339(entry.expires_at_ms()).as_bytes());
+    push_rfc3339(&mut body, entry.expires_at_ms());
     body.extend_from_slice(b"\",\"ttl_remaining\":");
-    body.extend_from_slice(ttl_remaining.to_string().as_bytes());
+    body.extend_from_slice(itoa::Buffer::new().format(ttl_remaining).as_bytes());
     body.extend_from_slice(b",\"tags\":[");
     for (idx, tag) in entry.tags().iter().enumerate() {
         if idx > 0 {
@@ -139,7 +139,7 @@ pub fn batch_entries(found: &[(Key, Hit)], missing: &[Key]) -> Response {
         body.extend_from_slice(b",\"source\":\"");
         body.extend_from_slice(hit.source.as_str().as_bytes());
         body.extend_from_slice(b"\",\"expires_at\":\"");
-        body.extend_from_slice(rfc3339(hit.entry.expires_at_ms()).as_bytes());
+        push_rfc3339(&mut body, hit.entry.expires_at_ms());
         body.extend_from_slice(b"\"}");
     }
     body.extend_from_slice(b"},\"missing\":[");
@@ -159,8 +159,14 @@ fn push_json_str(body: &mut Vec<u8>, text: &str) {
     serde_json::to_writer(&mut *body, text).expect("writing a string to a Vec cannot fail");
 }
 
+/// `max-age=<secs>`, built on the stack: one allocation (the header's own), no formatting.
 fn max_age(secs: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("max-age={secs}")).unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+    let mut text = [0u8; 28];
+    text[..8].copy_from_slice(b"max-age=");
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(secs).as_bytes();
+    text[8..8 + digits.len()].copy_from_slice(digits);
+    HeaderValue::from_bytes(&text[..8 + digits.len()]).unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
 }
 
 fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Userspace instructions per L1-hit GET, counted by callgrind: repeatable on a noisy machine
+# (the same binary and inputs give the same count whatever else runs), so it is the A/B figure
+# for hit-path changes; wall-clock ratios come from bench/hit.sh. Kernel work (the TCP stack)
+# is not counted. Loopback only; the service it starts is stopped on exit.
+#
+#   bash bench/instructions.sh [TIERCACHE_BIN ...]     (default: target/release/tiercache)
+#   N=20000 bash bench/instructions.sh old-binary new-binary
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-20000}
+PORT=${PORT:-18791}
+STATE=${STATE:-$(mktemp -d /tmp/tiercache-instructions.XXXXXX)}
+for tool in valgrind wrk curl; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind wrk curl >/dev/null; }
+done
+if [ $# -eq 0 ]; then
+  cargo build --release --quiet --bin tiercache
+  set -- target/release/tiercache
+fi
+cat >"$STATE/n.lua" <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  if n > $N then wrk.thread:stop() end
+  return wrk.format("GET", "/api/cache/b100")
+end
+LUA
+value=$(head -c 98 /dev/zero | tr '\0' 'x')
+for bin in "$@"; do
+  rm -f "$STATE"/callgrind.out.*
+  TIERCACHE__SERVER__LISTEN=127.0.0.1:$PORT TIERCACHE__LOG__LEVEL=warn \
+    valgrind --tool=callgrind --callgrind-out-file="$STATE/callgrind.out.%p" "$bin" >/dev/null 2>"$STATE/valgrind.log" &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/health" && break; sleep 0.1; done
+  curl -sf -X PUT "http://127.0.0.1:$PORT/api/cache/b100" -H 'Content-Type: application/json' -d "{\"value\":\"$value\"}" >/dev/null
+  wrk -t1 -c8 -d2s "http://127.0.0.1:$PORT/api/cache/b100" >/dev/null   # warm-up, not counted
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  requests=$(wrk -t1 -c8 -d120s -s "$STATE/n.lua" "http://127.0.0.1:$PORT" | awk '/requests in/ {print $1}')
+  callgrind_control --dump "$pid" >/dev/null 2>&1
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  # Counted: the N requests, then shutdown (small next to N requests).
+  total=$(grep -h '^summary:' "$STATE"/callgrind.out.*.1 | awk '{s += $2} END {print s}')
+  echo "$bin: $requests requests, $(awk -v i="$total" -v n="$requests" 'BEGIN {printf "%.0f", i / n}') instructions per request"
+done
