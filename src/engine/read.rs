@@ -67,7 +67,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Origin`] when the origin failed and no stale copy could stand in.
     pub async fn read(self: &Arc<Self>, key: &Key) -> Result<Lookup, EngineError> {
-        let fallback = match self.probe_l1(key) {
+        let fallback = match self.probe_l1(key, self.clock.now_ms()) {
             L1State::Fresh(entry) => {
                 self.metrics.hits_l1.inc();
                 if entry.take_prefetched() {
@@ -97,8 +97,10 @@ impl Engine {
     pub async fn read_many(self: &Arc<Self>, keys: &[Key]) -> Vec<Option<Hit>> {
         let mut answers: Vec<Option<Hit>> = Vec::with_capacity(keys.len());
         let mut pending: Vec<(usize, Option<Arc<Entry>>)> = Vec::new();
+        // One instant for the whole batch: every key is judged fresh or not at the same time.
+        let now_ms = self.clock.now_ms();
         for (idx, key) in keys.iter().enumerate() {
-            answers.push(match self.probe_l1(key) {
+            answers.push(match self.probe_l1(key, now_ms) {
                 L1State::Fresh(entry) => {
                     self.metrics.hits_l1.inc();
                     Some(Hit { entry, source: Source::L1, served: Served::Fresh })
@@ -189,7 +191,7 @@ impl Engine {
     /// warming by keys); `prefetched` marks what the origin brings for `prefetch_hits`.
     /// Returns whether the key is now cached.
     pub async fn fetch_into_cache(self: &Arc<Self>, key: &Key, prefetched: bool) -> bool {
-        if matches!(self.probe_l1(key), L1State::Fresh(_) | L1State::Negative) {
+        if matches!(self.probe_l1(key, self.clock.now_ms()), L1State::Fresh(_) | L1State::Negative) {
             return true;
         }
         matches!(self.join_flight(key, true, prefetched).await, Some(Resolved::Found(_)))
@@ -202,9 +204,8 @@ impl Engine {
 
     /// L1 alone, without counting: a copy past every deadline is removed and never returned.
     #[inline]
-    fn probe_l1(&self, key: &Key) -> L1State {
+    fn probe_l1(&self, key: &Key, now_ms: u64) -> L1State {
         let Some(entry) = self.l1.get(key.as_str()) else { return L1State::Absent };
-        let now_ms = self.clock.now_ms();
         if entry.is_fresh(now_ms) {
             return if entry.is_negative() { L1State::Negative } else { L1State::Fresh(entry) };
         }
