@@ -112,11 +112,19 @@ impl Engine {
     }
 
     /// Removes the dependents of keys just written, sparing the written keys: entries of one
-    /// batch never invalidate each other. `use_l2` is false after L2 failed in this request.
-    pub(super) async fn cascade_from_writes(&self, written: &HashSet<Key>, use_l2: bool) -> Removal {
-        let mut removal = self.remove_everywhere(written.iter().cloned().collect(), written, use_l2).await;
-        removal.l2_failed |= !use_l2 && self.l2.is_some();
-        removal
+    /// batch never invalidate each other. `l2_dependents` are the written keys' dependents in
+    /// L2, read with the write itself; `None` after L2 failed in this request (or without L2).
+    pub(super) async fn cascade_from_writes(
+        &self,
+        written: &HashSet<Key>,
+        l2_dependents: Option<Vec<String>>,
+    ) -> Removal {
+        let use_l2 = l2_dependents.is_some();
+        let mut roots: Vec<Key> =
+            written.iter().flat_map(|key| self.l1.dependents(key.as_str())).map(|(dependent, _)| dependent).collect();
+        roots.extend(self.parse_keys(l2_dependents.unwrap_or_default()));
+        roots.retain(|key| !written.contains(key));
+        self.remove_everywhere(roots, written, use_l2).await
     }
 
     /// Removes `roots` (except `spared`) from L1 and L2, then their dependents, level by level.
@@ -257,21 +265,34 @@ impl Engine {
     /// Publishes one message with this instance's `origin` and next `seq`. When `l2_ok` is
     /// false (L2 already failed in this request) or the publish fails, the `seq` is spent all
     /// the same: the gap tells every receiver to clear its L1.
-    async fn publish(&self, mut message: Message, l2_ok: bool) {
+    async fn publish(&self, message: Message, l2_ok: bool) {
         let Some(l2) = &self.l2 else { return };
         if message.kind == MessageKind::Evict && message.keys.as_ref().is_some_and(Vec::is_empty) {
             return;
         }
-        message.origin = Some(self.instance_id.clone());
-        message.seq = Some(self.last_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1);
+        let payload = self.stamp(message);
         if !l2_ok {
             return;
         }
-        let payload = serde_json::to_string(&message).expect("a message serializes");
         match l2.publish(&self.channel, &payload).await {
             Ok(()) => self.metrics.invalidations_published.inc(),
             Err(err) => tracing::debug!(%err, "invalidation message not published"),
         }
+    }
+
+    /// The payload of `message` from this instance: its `origin` and the next `seq`. A stamped
+    /// message that is then not published leaves a gap its receivers notice.
+    pub(super) fn stamp(&self, mut message: Message) -> String {
+        message.origin = Some(self.instance_id.clone());
+        message.seq = Some(self.last_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1);
+        serde_json::to_string(&message).expect("a message serializes")
+    }
+
+    /// EVICT payloads naming `keys` (distinct, in chunks), stamped by [`Engine::stamp`].
+    pub(super) fn evict_payloads<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let names: Vec<String> = keys.filter(|key| seen.insert(*key)).map(str::to_string).collect();
+        names.chunks(KEYS_PER_MESSAGE).map(|chunk| self.stamp(Message::evict(chunk.to_vec()))).collect()
     }
 
     /// Keys from L2 or a peer: untrusted, so invalid ones are skipped.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::l2::Envelope;
+use super::l2::{EntryWrite, Envelope};
 use super::{Engine, EngineError, Entry, Key, L2Write, ValidWrite, WriteOutcome};
 use crate::config::WritePolicy;
 use crate::metrics::EvictionReason;
@@ -51,17 +51,17 @@ impl Engine {
             })
             .collect();
 
-        let l2_write = match (&self.l2, self.write_policy) {
+        let (l2_write, l2_dependents) = match (&self.l2, self.write_policy) {
             (None, _) => {
                 self.insert_all_l1(&entries);
-                L2Write::Disabled
+                (L2Write::Disabled, None)
             }
             (Some(_), WritePolicy::Required) => match self.write_l2(&entries).await {
-                L2Write::Stored => {
+                Ok(dependents) => {
                     self.insert_all_l1(&entries);
-                    L2Write::Stored
+                    (L2Write::Stored, Some(dependents))
                 }
-                _ => {
+                Err(()) => {
                     for (key, _, _) in &entries {
                         self.l1.remove(key.as_str(), EvictionReason::Invalidated);
                     }
@@ -70,14 +70,19 @@ impl Engine {
             },
             (Some(_), WritePolicy::BestEffort) => {
                 self.insert_all_l1(&entries);
-                self.write_l2(&entries).await
+                match self.write_l2(&entries).await {
+                    Ok(dependents) => (L2Write::Stored, Some(dependents)),
+                    Err(()) => (L2Write::Unavailable, None),
+                }
             }
         };
         self.metrics.sets.inc_by(entries.len() as u64);
 
+        // The written keys were announced with the write; what the cascade removed is
+        // announced now.
         let written: HashSet<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
-        let removal = self.cascade_from_writes(&written, l2_write != L2Write::Unavailable).await;
-        self.announce_keys(written.iter().chain(&removal.removed), !removal.l2_failed).await;
+        let removal = self.cascade_from_writes(&written, l2_dependents).await;
+        self.announce_keys(removal.removed.iter(), !removal.l2_failed).await;
         Ok(entries
             .iter()
             .map(|(_, entry, _)| WriteOutcome { expires_at_ms: entry.expires_at_ms(), l2: l2_write })
@@ -90,21 +95,23 @@ impl Engine {
         }
     }
 
-    async fn write_l2(&self, entries: &[(Key, Arc<Entry>, Duration)]) -> L2Write {
-        let Some(l2) = &self.l2 else { return L2Write::Disabled };
-        let envelopes: Vec<Envelope> = entries.iter().map(|(_, entry, _)| envelope_of(entry)).collect();
-        let batch: Vec<(&str, &Envelope, Duration)> = entries
+    /// Stores `entries` in L2 and announces their keys to the other instances, in one round
+    /// trip; returns the keys that depend on them there. On failure the announcement's `seq` is
+    /// spent all the same, so every receiver clears its L1 (L2's state is unknown).
+    async fn write_l2(&self, entries: &[(Key, Arc<Entry>, Duration)]) -> Result<Vec<String>, ()> {
+        let Some(l2) = &self.l2 else { return Ok(Vec::new()) };
+        let writes = entries
             .iter()
-            .zip(&envelopes)
-            .map(|((key, _, ttl), envelope)| (key.as_str(), envelope, self.l2_retention(*ttl)))
+            .map(|(key, entry, ttl)| EntryWrite {
+                key: key.as_str().to_string(),
+                envelope: envelope_of(entry),
+                retention: self.l2_retention(*ttl),
+            })
             .collect();
-        match l2.set_many(&batch).await {
-            Ok(()) => L2Write::Stored,
-            Err(err) => {
-                tracing::debug!(%err, "l2 write failed");
-                L2Write::Unavailable
-            }
-        }
+        let announce = |keys: &[&str]| self.evict_payloads(keys.iter().copied());
+        l2.write_and_announce(writes, &self.channel, announce).await.map_err(|err| {
+            tracing::debug!(%err, "l2 write failed");
+        })
     }
 }
 

@@ -32,6 +32,29 @@ async fn a_write_goes_through_to_redis_with_the_entry_ttl() {
     assert_eq!(&raw[..3], b"TC\x01");
 }
 
+/// A write (index records, SET, the dependents lookup and the invalidation message) is one
+/// pipeline: Redis reads it from the socket once, where three round trips were three reads.
+#[tokio::test]
+async fn a_write_and_its_announcement_are_one_round_trip() {
+    let redis = RedisServer::start().await;
+    let writer = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let reader = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    writer.put("warm-up", json!({"value": 0})).await.assert_status(200);
+    const WRITES: u64 = 20;
+    let before = redis.stat("total_reads_processed");
+    for n in 0..WRITES {
+        let response = writer.put(&format!("k{n}"), json!({"value": n, "tags": ["t"], "depends_on": ["p"]})).await;
+        assert_eq!(response.json()["l2"], "stored");
+    }
+    // Less than two reads per write, leaving room for the INFO calls and a health ping.
+    let reads = redis.stat("total_reads_processed") - before;
+    assert!(reads < WRITES * 3 / 2, "{reads} socket reads for {WRITES} writes");
+    // Everything the pipeline carried took effect, the announcement included.
+    let members: Vec<String> = redis::cmd("SMEMBERS").arg("tiercache:t:t").query(&mut redis.client()).unwrap();
+    assert_eq!(members.len(), WRITES as usize);
+    reader.wait_received(2 + WRITES).await;
+}
+
 #[tokio::test]
 async fn an_l2_hit_fills_l1_with_the_remaining_ttl() {
     let redis = RedisServer::start().await;

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{eventually, RedisServer, TestApp};
+use crate::harness::{client, eventually, RedisServer, TestApp};
 
 fn publish(redis: &RedisServer, message: &str) {
     let _: i64 = redis::cmd("PUBLISH").arg("tiercache:invalidation").arg(message).query(&mut redis.client()).unwrap();
@@ -32,6 +32,46 @@ async fn write_on_one_instance_invalidates_l1_on_the_other() {
     .await;
     assert!(b.metric("invalidations_received").await.as_u64().unwrap() >= 2);
     assert!(a.metric("invalidations_published").await.as_u64().unwrap() >= 2);
+}
+
+/// Writes that arrive together go to Redis as one pipeline with one invalidation message
+/// (`engine/l2/batch.rs`), and that one message still evicts every written key on the peer.
+#[tokio::test]
+async fn concurrent_writes_share_one_pipeline_and_one_message() {
+    let redis = RedisServer::start().await;
+    let a = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let b = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    let entries: Vec<_> = (0..20).map(|idx| json!({"key": format!("k{idx}"), "value": 0})).collect();
+    a.post("/api/cache/batch/set", json!({ "entries": entries })).await.assert_status(200);
+    b.wait_received(2).await;
+    for idx in 0..20 {
+        b.get(&format!("/api/cache/k{idx}")).await.assert_status(200);
+        assert_eq!(source(&b, &format!("k{idx}")).await, "l1");
+    }
+    let received = b.metric("invalidations_received").await.as_u64().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis.client()).unwrap();
+
+    redis.freeze(true);
+    let writes: Vec<_> = (0..20)
+        .map(|idx| {
+            let request = client().put(format!("{}/api/cache/k{idx}", a.base)).json(&json!({"value": idx + 1}));
+            tokio::spawn(request.send())
+        })
+        .collect();
+    // Bounded: the writes reach the instance and queue behind the first, which Redis holds.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    redis.freeze(false);
+    for write in writes {
+        let body: serde_json::Value = write.await.unwrap().expect("answered").json().await.unwrap();
+        assert_eq!(body["l2"], "stored");
+    }
+    assert_eq!(redis.calls("set"), 20);
+    let publishes = redis.calls("publish");
+    assert!((1..=3).contains(&publishes), "20 writes announced in at most 3 messages, got {publishes}");
+    b.wait_received(received + publishes).await;
+    for idx in 0..20 {
+        assert_eq!(b.get(&format!("/api/cache/k{idx}")).await.json()["value"], json!(idx + 1), "k{idx}");
+    }
 }
 
 #[tokio::test]

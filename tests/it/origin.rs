@@ -220,10 +220,8 @@ async fn concurrent_l2_reads_of_one_key_are_coalesced() {
         let body: serde_json::Value = request.await.unwrap().expect("answered").json().await.unwrap();
         assert_eq!((body["value"].clone(), body["source"].clone()), (json!(42), json!("l2")));
     }
-    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut connection).unwrap();
-    let reads = stats.lines().find(|line| line.starts_with("cmdstat_mget:")).expect("MGET was called");
-    assert!(reads.starts_with("cmdstat_mget:calls=1,"), "one L2 read for 30 reads: {reads}");
-    assert!(!stats.contains("cmdstat_get:"), "{stats}");
+    assert_eq!(redis.calls("mget"), 1, "one L2 read for 30 reads");
+    assert_eq!(redis.calls("get"), 0);
 }
 
 /// Reads of different keys that miss L1 together share one MGET (`engine/l2/batch.rs`):
@@ -248,15 +246,9 @@ async fn concurrent_l2_reads_of_different_keys_are_batched() {
         let body: serde_json::Value = request.await.unwrap().expect("answered").json().await.unwrap();
         assert_eq!((body["value"].clone(), body["source"].clone()), (json!(idx), json!("l2")));
     }
-    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut connection).unwrap();
-    let calls: u64 = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .expect("MGET was called");
-    assert!((1..=3).contains(&calls), "20 reads in at most 3 MGETs, got {calls}: {stats}");
-    assert!(!stats.contains("cmdstat_get:"), "{stats}");
+    let calls = redis.calls("mget");
+    assert!((1..=3).contains(&calls), "20 reads in at most 3 MGETs, got {calls}");
+    assert_eq!(redis.calls("get"), 0);
 }
 
 #[tokio::test]

@@ -1,17 +1,18 @@
-//! Read batching: single-key L2 reads that arrive together go to Redis as one MGET.
+//! Batching: L2 calls that arrive together go to Redis as one command or one pipeline.
 //!
-//! Under load, many requests miss L1 at once, and one GET each costs a write syscall here and a
-//! command dispatch in Redis per key. Instead a read joins the open batch. The first read of a
-//! batch leads it: it yields once to the scheduler, so every request that is ready to run gets
-//! to join, then takes the batch and sends one MGET, and hands each reader its answer. Reads
-//! that arrive while that MGET is in flight form the next batch, which the leader hands to one
-//! of them to lead. One batch is in flight at a time, so the batch grows with the round trip:
-//! an idle service sends a batch of one at once, a loaded one amortizes each round trip over
-//! everything that queued behind it. No task of its own: nothing to start or stop.
+//! Under load, many requests miss L1 (or write) at once, and one call each costs a write
+//! syscall here and a read and a command dispatch in Redis. Instead a call joins the open batch:
+//! single-key reads become one MGET, writes one pipeline with one invalidation message. The
+//! first call of a batch leads it: it yields once to the scheduler, so every request that is
+//! ready to run gets to join, then takes the batch, sends it, and hands each caller its answer.
+//! Calls that arrive while that batch is in flight form the next batch, which the leader hands
+//! to one of them to lead. One batch is in flight at a time, so the batch grows with the round
+//! trip: an idle service sends a batch of one at once, a loaded one amortizes each round trip
+//! over everything that queued behind it. No task of its own: nothing to start or stop.
 //!
-//! Cancellation: a reader that goes away leaves its slot; the leader's answer to it is dropped.
-//! A leader that goes away hands the queued readers to a new leader (its guard does it on
-//! drop); readers of a batch whose MGET was cancelled see their slot closed and read alone.
+//! Cancellation: a caller that goes away leaves its slot; the leader's answer to it is dropped.
+//! A leader that goes away hands the queued callers to a new leader (its guard does it on
+//! drop); callers of a batch whose call was cancelled see their slot closed and go alone.
 //!
 //! The lock guards only the queue and the leader flag; it is never held across `.await`.
 
@@ -20,63 +21,65 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::{Envelope, L2Error};
+use super::L2Error;
 
-type Answer = Result<Option<Envelope>, L2Error>;
-
-/// What a queued reader is told.
-enum Reply {
-    Answer(Answer),
+/// What a queued caller is told.
+enum Reply<T, A> {
+    Answer(Result<A, L2Error>),
     /// Lead the batch that queued behind the previous one. Carried in the message, so a
-    /// reader that goes away before reading it still hands the leadership on.
-    Lead(Leadership),
+    /// caller that goes away before reading it still hands the leadership on.
+    Lead(Leadership<T, A>),
 }
 
-struct Slot {
-    key: String,
-    reply: oneshot::Sender<Reply>,
+struct Slot<T, A> {
+    item: T,
+    reply: oneshot::Sender<Reply<T, A>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Slot>,
-    /// Whether a reader is leading (gathering or sending a batch). Invariant: while it is
+struct Queue<T, A> {
+    waiting: VecDeque<Slot<T, A>>,
+    /// Whether a caller is leading (gathering or sending a batch). Invariant: while it is
     /// false, `waiting` is empty.
     leading: bool,
 }
 
-#[derive(Default)]
-pub(crate) struct ReadBatcher {
-    queue: Arc<Mutex<Queue>>,
+/// Batches calls that each send an item `T` and get an answer `A`.
+pub(crate) struct Batcher<T, A> {
+    queue: Arc<Mutex<Queue<T, A>>>,
 }
 
-/// Held by the reader that leads; hands the queue on when dropped, whatever happened.
-struct Leadership {
-    queue: Arc<Mutex<Queue>>,
-    /// False for a leadership that was never delivered (its reader had gone away).
+impl<T, A> Default for Batcher<T, A> {
+    fn default() -> Self {
+        Batcher { queue: Arc::new(Mutex::new(Queue { waiting: VecDeque::new(), leading: false })) }
+    }
+}
+
+/// Held by the caller that leads; hands the queue on when dropped, whatever happened.
+struct Leadership<T, A> {
+    queue: Arc<Mutex<Queue<T, A>>>,
+    /// False for a leadership that was never delivered (its caller had gone away).
     active: bool,
 }
 
-impl ReadBatcher {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+impl<T: Clone, A> Batcher<T, A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<T, A>> {
         lock(&self.queue)
     }
 
-    /// Reads `key` (an entry key, already prefixed) in a batch: `read_many` sends the MGET of
-    /// a batch. A reader whose batch was lost (its leader cancelled mid-call) reads alone
-    /// with `read_one`.
-    pub async fn read<Many, ManyFut, One, OneFut>(&self, key: String, read_many: Many, read_one: One) -> Answer
+    /// Sends `item` in a batch: `send_many` sends a batch and answers its items in order. A
+    /// caller whose batch was lost (its leader cancelled mid-call) goes alone with `send_one`.
+    pub async fn run<Many, ManyFut, One, OneFut>(&self, item: T, send_many: Many, send_one: One) -> Result<A, L2Error>
     where
-        Many: FnOnce(Vec<String>) -> ManyFut,
-        ManyFut: std::future::Future<Output = Result<Vec<Option<Envelope>>, L2Error>>,
-        One: FnOnce(String) -> OneFut,
-        OneFut: std::future::Future<Output = Answer>,
+        Many: FnOnce(Vec<T>) -> ManyFut,
+        ManyFut: std::future::Future<Output = Result<Vec<A>, L2Error>>,
+        One: FnOnce(T) -> OneFut,
+        OneFut: std::future::Future<Output = Result<A, L2Error>>,
     {
         let receiver = {
             let mut queue = self.lock();
             if queue.leading {
                 let (reply, receiver) = oneshot::channel();
-                queue.waiting.push_back(Slot { key: key.clone(), reply });
+                queue.waiting.push_back(Slot { item: item.clone(), reply });
                 Some(receiver)
             } else {
                 queue.leading = true;
@@ -87,27 +90,27 @@ impl ReadBatcher {
             None => Leadership { queue: self.queue.clone(), active: true },
             Some(receiver) => match receiver.await {
                 Ok(Reply::Answer(answer)) => return answer,
-                Ok(Reply::Lead(leadership)) => leadership, // Lead the next batch, this key first.
-                Err(_) => return read_one(key).await,      // The batch was lost with its leader.
+                Ok(Reply::Lead(leadership)) => leadership, // Lead the next batch, this item first.
+                Err(_) => return send_one(item).await,     // The batch was lost with its leader.
             },
         };
         // Let every request that is ready to run join this batch before it is sent.
         tokio::task::yield_now().await;
         let batch = std::mem::take(&mut self.lock().waiting);
-        let mut keys = Vec::with_capacity(batch.len() + 1);
-        keys.push(key);
-        keys.extend(batch.iter().map(|slot| slot.key.clone()));
-        let answers = read_many(keys).await;
-        // What queued during the MGET gets its leader before the answers go out.
+        let mut items = Vec::with_capacity(batch.len() + 1);
+        items.push(item);
+        items.extend(batch.iter().map(|slot| slot.item.clone()));
+        let answers = send_many(items).await;
+        // What queued during the call gets its leader before the answers go out.
         drop(leadership);
         match answers {
-            Ok(envelopes) => {
-                let mut envelopes = envelopes.into_iter();
-                let own = envelopes.next().flatten();
-                for (slot, envelope) in batch.into_iter().zip(envelopes) {
-                    let _ = slot.reply.send(Reply::Answer(Ok(envelope)));
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                let own = answers.next();
+                for (slot, answer) in batch.into_iter().zip(answers) {
+                    let _ = slot.reply.send(Reply::Answer(Ok(answer)));
                 }
-                Ok(own)
+                own.ok_or_else(|| L2Error::Redis("a batch came back without answers".to_string()))
             }
             Err(err) => {
                 for slot in batch {
@@ -119,8 +122,8 @@ impl ReadBatcher {
     }
 }
 
-impl Drop for Leadership {
-    /// Hands the readers queued so far to the first of them still waiting, or ends the
+impl<T, A> Drop for Leadership<T, A> {
+    /// Hands the callers queued so far to the first of them still waiting, or ends the
     /// leadership when none is: the queue is never left without a leader.
     fn drop(&mut self) {
         if !self.active {
@@ -131,7 +134,7 @@ impl Drop for Leadership {
             let next = Leadership { queue: self.queue.clone(), active: true };
             match slot.reply.send(Reply::Lead(next)) {
                 Ok(()) => return,
-                // That reader is gone: defuse the undelivered leadership (dropped under the lock).
+                // That caller is gone: defuse the undelivered leadership (dropped under the lock).
                 Err(Reply::Lead(mut undelivered)) => undelivered.active = false,
                 Err(Reply::Answer(_)) => {}
             }
@@ -140,7 +143,7 @@ impl Drop for Leadership {
     }
 }
 
-fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+fn lock<T, A>(queue: &Mutex<Queue<T, A>>) -> std::sync::MutexGuard<'_, Queue<T, A>> {
     queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -156,6 +159,10 @@ mod tests {
     use futures_util::task::noop_waker_ref;
 
     use super::*;
+    use crate::engine::l2::Envelope;
+
+    type Answer = Result<Option<Envelope>, L2Error>;
+    type ReadBatcher = Batcher<String, Option<Envelope>>;
 
     fn envelope(key: &str) -> Envelope {
         Envelope {
@@ -192,7 +199,7 @@ mod tests {
     }
 
     async fn read(batcher: &ReadBatcher, redis: &FakeRedis, key: &str) -> Answer {
-        batcher.read(key.to_string(), |keys| redis.many(keys), |key| redis.one(key)).await
+        batcher.run(key.to_string(), |keys| redis.many(keys), |key| redis.one(key)).await
     }
 
     fn value(answer: &Answer) -> Option<String> {
@@ -270,7 +277,7 @@ mod tests {
     async fn a_failed_batch_fails_every_reader_in_it() {
         let batcher = ReadBatcher::default();
         let failing = |_: Vec<String>| async { Err::<Vec<Option<Envelope>>, _>(L2Error::Timeout) };
-        let reads = ["a", "b"].map(|key| batcher.read(key.to_string(), failing, |_| async { Ok(None) }));
+        let reads = ["a", "b"].map(|key| batcher.run(key.to_string(), failing, |_| async { Ok(None) }));
         for answer in join_all(reads).await {
             assert_eq!(answer.unwrap_err(), L2Error::Timeout);
         }

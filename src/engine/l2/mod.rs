@@ -80,6 +80,13 @@ pub enum L2Status {
     Down,
 }
 
+/// One entry to store in L2: its key, its envelope, and how long Redis keeps it.
+pub struct EntryWrite {
+    pub key: String,
+    pub envelope: Envelope,
+    pub retention: Duration,
+}
+
 pub(crate) struct L2 {
     config: L2Config,
     /// The data connection once established; cloned out for each call (both kinds are cheap
@@ -87,7 +94,9 @@ pub(crate) struct L2 {
     connection: RwLock<Option<Connection>>,
     breaker: Breaker,
     /// Batches single-key reads into MGETs.
-    reads: batch::ReadBatcher,
+    reads: batch::Batcher<String, Option<Envelope>>,
+    /// Batches writes into one pipeline and one invalidation message.
+    writes: batch::Batcher<Arc<Vec<EntryWrite>>, Vec<Vec<String>>>,
     /// Set by the breaker opening, read by the subscriber: messages may have been missed.
     outage_seen: AtomicBool,
     metrics: Arc<Metrics>,
@@ -99,7 +108,8 @@ impl L2 {
             breaker: Breaker::new(config.breaker_failures, config.breaker_open_for),
             config,
             connection: RwLock::new(None),
-            reads: batch::ReadBatcher::default(),
+            reads: batch::Batcher::default(),
+            writes: batch::Batcher::default(),
             outage_seen: AtomicBool::new(false),
             metrics,
         }
@@ -155,7 +165,7 @@ impl L2 {
     /// `l2_errors` and is a miss. Reads that arrive together share one MGET (`batch.rs`).
     pub async fn get(&self, key: &str) -> Result<Option<Envelope>, L2Error> {
         self.reads
-            .read(
+            .run(
                 self.entry_key(key),
                 |names| self.mget(names),
                 |name| async move { Ok(self.mget(vec![name]).await?.pop().flatten()) },
@@ -179,9 +189,73 @@ impl L2 {
         Ok(raw.into_iter().map(|bytes| bytes.and_then(|bytes| self.decode(&bytes))).collect())
     }
 
-    /// Stores entries: index records first (SADD + EXPIRE NX + EXPIRE GT per set), then the
-    /// entries, each step one round trip (see [`L2::query_all`]).
+    /// Stores entries (index records, then the entries; see [`L2::write_and_announce`]).
     pub async fn set_many(&self, entries: &[(&str, &Envelope, Duration)]) -> Result<(), L2Error> {
+        let (index, writes) = self.write_commands(entries);
+        self.query_steps(vec![index, writes]).await.map(|_| ())
+    }
+
+    /// Stores entries, reads the dependents sets of their keys and publishes the invalidation
+    /// messages `announce` makes of the written keys, in that order: index records before the
+    /// entries they index, so a tag or dependency lookup never misses a stored entry; the
+    /// entries before the messages, so a peer that drops its copy on a message reads the new
+    /// value. Writes that arrive together go as one batch (`batch.rs`) with one `announce` for
+    /// all their keys. On one server a batch is a single pipeline (one round trip; Redis runs it
+    /// in order); on a cluster, three steps (see [`L2::query_steps`]).
+    ///
+    /// Returns the keys whose entries still declare a dependency on one of the written keys
+    /// (verified as in [`L2::dependents_of_each`]).
+    pub async fn write_and_announce(
+        &self,
+        entries: Vec<EntryWrite>,
+        channel: &str,
+        announce: impl Fn(&[&str]) -> Vec<String>,
+    ) -> Result<Vec<String>, L2Error> {
+        let entries = Arc::new(entries);
+        let members = self
+            .writes
+            .run(
+                entries.clone(),
+                |batch| self.write_batch(batch, channel, &announce),
+                |alone| async { Ok(self.write_batch(vec![alone], channel, &announce).await?.remove(0)) },
+            )
+            .await?;
+        let sets: Vec<(String, &str)> =
+            entries.iter().map(|entry| (self.dependents_key(&entry.key), entry.key.as_str())).collect();
+        self.verify_members(&sets, members, |envelope, key| envelope.depends_on.iter().any(|dep| dep == key)).await
+    }
+
+    /// Sends one batch of writes (see [`L2::write_and_announce`]); answers, for each writer and
+    /// each of its entries, the members of the entry's dependents set.
+    async fn write_batch(
+        &self,
+        batch: Vec<Arc<Vec<EntryWrite>>>,
+        channel: &str,
+        announce: &impl Fn(&[&str]) -> Vec<String>,
+    ) -> Result<Vec<Vec<Vec<String>>>, L2Error> {
+        let flat: Vec<(&str, &Envelope, Duration)> = batch
+            .iter()
+            .flat_map(|entries| entries.iter().map(|entry| (entry.key.as_str(), &entry.envelope, entry.retention)))
+            .collect();
+        let (index, mut writes) = self.write_commands(&flat);
+        writes.extend(flat.iter().map(|(key, _, _)| redis::cmd("SMEMBERS").arg(self.dependents_key(key)).clone()));
+        let keys: Vec<&str> = flat.iter().map(|(key, _, _)| *key).collect();
+        let announcements = announce(&keys);
+        let publishes = announcements.iter().map(|message| redis::cmd("PUBLISH").arg(channel).arg(message).clone());
+        let mut replies = self.query_steps(vec![index, writes, publishes.collect()]).await?;
+        self.metrics.invalidations_published.inc_by(announcements.len() as u64);
+        let mut members = replies[1].split_off(flat.len()).into_iter().map(redis::from_redis_value::<Vec<String>>);
+        let mut answers = Vec::with_capacity(batch.len());
+        for entries in &batch {
+            let mine = members.by_ref().take(entries.len()).collect::<Result<Vec<_>, _>>();
+            answers.push(mine.map_err(|err| L2Error::Redis(err.to_string()))?);
+        }
+        Ok(answers)
+    }
+
+    /// The index records (SADD + EXPIRE NX + EXPIRE GT per tag and dependency set) and the SETs
+    /// that store `entries`.
+    fn write_commands(&self, entries: &[(&str, &Envelope, Duration)]) -> (Vec<Cmd>, Vec<Cmd>) {
         let mut index = Vec::new();
         for (key, envelope, ttl) in entries {
             let ttl_secs = ttl.as_secs().max(1);
@@ -193,10 +267,7 @@ impl L2 {
                 index.push(redis::cmd("EXPIRE").arg(&set_key).arg(ttl_secs).arg("GT").clone());
             }
         }
-        if !index.is_empty() {
-            self.query_all::<Value>(index).await?;
-        }
-        let mut writes = Vec::with_capacity(entries.len());
+        let mut writes = Vec::with_capacity(entries.len() * 2);
         for (key, envelope, ttl) in entries {
             let encoded = envelope.encode(self.config.compression);
             if let Some((original, stored)) = encoded.compressed {
@@ -205,7 +276,7 @@ impl L2 {
             let ttl_ms = (ttl.as_millis() as u64).max(1);
             writes.push(redis::cmd("SET").arg(self.entry_key(key)).arg(encoded.bytes).arg("PX").arg(ttl_ms).clone());
         }
-        self.query_all::<Value>(writes).await.map(|_| ())
+        (index, writes)
     }
 
     /// Removes entries; says for each whether it existed (one pipeline).
@@ -242,6 +313,17 @@ impl L2 {
         }
         let smembers = sets.iter().map(|(set_key, _)| redis::cmd("SMEMBERS").arg(set_key).clone()).collect();
         let members: Vec<Vec<String>> = self.query_all(smembers).await?;
+        self.verify_members(sets, members, holds).await
+    }
+
+    /// The `members` (read from each of `sets`, in order) whose envelope still `holds` the
+    /// set's name; the others are removed from their set.
+    async fn verify_members(
+        &self,
+        sets: &[(String, &str)],
+        members: Vec<Vec<String>>,
+        holds: impl Fn(&Envelope, &str) -> bool,
+    ) -> Result<Vec<String>, L2Error> {
         let all: Vec<&str> = members.iter().flatten().map(String::as_str).collect();
         if all.is_empty() {
             return Ok(Vec::new());
@@ -380,6 +462,31 @@ impl L2 {
             }
         };
         self.finish(tokio::time::timeout(self.config.timeout, call).await)
+    }
+
+    /// Runs steps of independent commands, each step after the one before has run, and returns
+    /// the replies by step. On one server all steps go in one pipeline (one round trip: Redis
+    /// runs a pipeline in order); on a cluster each step is one [`L2::query_all`].
+    async fn query_steps(&self, steps: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, L2Error> {
+        if steps.iter().all(Vec::is_empty) {
+            return Ok(steps.into_iter().map(|_| Vec::new()).collect());
+        }
+        let mut connection = self.checked_out()?;
+        if matches!(connection, Connection::Cluster(_)) {
+            let mut replies = Vec::with_capacity(steps.len());
+            for step in steps {
+                replies.push(self.query_all(step).await?);
+            }
+            return Ok(replies);
+        }
+        let lengths: Vec<usize> = steps.iter().map(Vec::len).collect();
+        let mut pipeline = redis::pipe();
+        for cmd in steps.into_iter().flatten() {
+            pipeline.add_command(cmd);
+        }
+        let call = pipeline.query_async::<Vec<Value>>(&mut connection);
+        let mut flat = self.finish(tokio::time::timeout(self.config.timeout, call).await)?.into_iter();
+        Ok(lengths.into_iter().map(|length| flat.by_ref().take(length).collect()).collect())
     }
 
     /// A connection for one call, unless there is none yet or the breaker is open. The

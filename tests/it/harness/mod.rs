@@ -375,6 +375,26 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("valid url").get_connection().expect("redis answers")
     }
 
+    /// How many times Redis ran `command` (lower case) since start or `CONFIG RESETSTAT`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut self.client()).unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count"))
+    }
+
+    /// A figure of `INFO stats`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats: String = redis::cmd("INFO").arg("stats").query(&mut self.client()).unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}:")))
+            .map(|value| value.trim().parse().expect("a count"))
+            .unwrap_or_else(|| panic!("INFO stats has no {name}"))
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients, as in a crash).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
