@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Userspace instructions per L1-hit GET, counted by callgrind: repeatable on a noisy machine
 # (the same binary and inputs give the same count whatever else runs), so it is the A/B figure
-# for hit-path changes; wall-clock ratios come from bench/hit.sh. Kernel work (the TCP stack)
+# for hit-path changes; wall-clock ratios come from bench/run.sh. Kernel work (the TCP stack)
 # is not counted. Loopback only; the service it starts is stopped on exit.
 #
 #   bash bench/instructions.sh [TIERCACHE_BIN ...]     (default: target/release/tiercache)

@@ -1,7 +1,7 @@
 //! The ceiling for an HTTP cache hit on this machine, built from this project's own
 //! dependencies: axum answering `GET /api/cache/{key}` with a `Bytes` clone from a static
 //! `HashMap`, TCP_NODELAY on, nothing else (no TTL, policy, metrics, auth or logging). The
-//! benchmark scripts (`bench/hit.sh`) run it side by side with tiercache; it mirrors
+//! benchmark scripts (`bench/run.sh`, `bench/hit.sh`) run it side by side with tiercache; it mirrors
 //! `../shared/bench/baseline-axum` so the two ceilings can be compared.
 //!
 //! Environment: BIND (default 127.0.0.1:18081, loopback only), SIZES (default "100,1024":

@@ -32,3 +32,7 @@ if ! cmp -s tests/contract/requirements.txt "$pyenv/requirements.txt"; then
 fi
 
 cargo test --locked
+
+# Smoke run of the benchmark suite's quick mode: checks that every scenario starts what it
+# needs, yields a figure and stops what it started; the figures themselves are not judged.
+bash bench/run.sh --quick
