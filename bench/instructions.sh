@@ -6,11 +6,13 @@
 #
 #   bash bench/instructions.sh [TIERCACHE_BIN ...]     (default: target/release/tiercache)
 #   N=20000 bash bench/instructions.sh old-binary new-binary
+#   SIZE=1024 bash bench/instructions.sh ...                 (the hit of a 1 KiB value)
 #   SCENARIO=batch100 N=2000 bash bench/instructions.sh ...   (POST batch/get of 100 L1 keys)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 SCENARIO=${SCENARIO:-hit}
+SIZE=${SIZE:-100}   # bytes of the JSON value read by the hit scenario
 PORT=${PORT:-18791}
 STATE=${STATE:-$(mktemp -d /tmp/tiercache-instructions.XXXXXX)}
 for tool in valgrind wrk curl; do
@@ -20,7 +22,7 @@ if [ $# -eq 0 ]; then
   cargo build --release --quiet --bin tiercache
   set -- target/release/tiercache
 fi
-value=$(head -c 98 /dev/zero | tr '\0' 'x')
+value=$(head -c $((SIZE - 2)) /dev/zero | tr '\0' 'x')
 if [ "$SCENARIO" = batch100 ]; then
   keys=$(for idx in $(seq 0 99); do printf '"k%d",' "$idx"; done)
   printf '{"keys":[%s]}' "${keys%,}" >"$STATE/batch.json"

@@ -58,20 +58,35 @@ pub fn push_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
     let days = unix_ms / 86_400_000;
     let ms_of_day = unix_ms % 86_400_000;
     let (year, month, day) = civil_from_days(days);
-    push_digits(out, year, 4);
-    out.push(b'-');
-    push_digits(out, month, 2);
-    out.push(b'-');
-    push_digits(out, day, 2);
-    out.push(b'T');
-    push_digits(out, ms_of_day / 3_600_000, 2);
-    out.push(b':');
-    push_digits(out, ms_of_day / 60_000 % 60, 2);
-    out.push(b':');
-    push_digits(out, ms_of_day / 1000 % 60, 2);
-    out.push(b'.');
-    push_digits(out, ms_of_day % 1000, 3);
-    out.push(b'Z');
+    if year > 9999 {
+        // Past year 9999 the year just grows (no panic, no fixed layout).
+        push_digits(out, year, 4);
+        out.extend_from_slice(&text_of(0, month, day, ms_of_day)[4..]);
+        return;
+    }
+    out.extend_from_slice(&text_of(year, month, day, ms_of_day));
+}
+
+/// The fixed 24-byte layout, filled on the stack and appended once.
+fn text_of(year: u64, month: u64, day: u64, ms_of_day: u64) -> [u8; RFC3339_LEN] {
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let secs = ms_of_day / 1000;
+    let millis = ms_of_day % 1000;
+    put_two_digits(&mut text, 0, year / 100 % 100);
+    put_two_digits(&mut text, 2, year % 100);
+    put_two_digits(&mut text, 5, month);
+    put_two_digits(&mut text, 8, day);
+    put_two_digits(&mut text, 11, secs / 3600);
+    put_two_digits(&mut text, 14, secs / 60 % 60);
+    put_two_digits(&mut text, 17, secs % 60);
+    text[20] = b'0' + (millis / 100) as u8;
+    put_two_digits(&mut text, 21, millis % 100);
+    text
+}
+
+fn put_two_digits(text: &mut [u8; RFC3339_LEN], at: usize, value: u64) {
+    text[at] = b'0' + (value / 10) as u8;
+    text[at + 1] = b'0' + (value % 10) as u8;
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
@@ -89,8 +104,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// `value` in decimal, zero-padded to at least `width` digits (digit by digit: the fields are
-/// two to four digits, where a general formatter costs more than the digits).
+/// `value` in decimal, zero-padded to at least `width` digits.
 fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut rest = value;

@@ -97,6 +97,11 @@ impl Entry {
         &self.value
     }
 
+    /// The quoted ETag as bytes (ASCII), for a header value without a UTF-8 check.
+    pub fn etag_bytes(&self) -> &[u8] {
+        &self.etag
+    }
+
     pub fn etag(&self) -> &str {
         std::str::from_utf8(&self.etag).expect("etag is ASCII hex")
     }

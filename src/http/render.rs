@@ -18,7 +18,8 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Response {
     let entry = &hit.entry;
     let ttl_remaining = entry.ttl_remaining_secs(now_ms);
-    let mut headers = HeaderMap::with_capacity(6);
+    // Room for the six headers set here and the content-length axum adds, without a regrow.
+    let mut headers = HeaderMap::with_capacity(8);
     let (x_cache, is_hit) = match hit.served {
         Served::Fresh => ("HIT", true),
         Served::Fetched { .. } => ("MISS", false),
@@ -27,7 +28,7 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
     headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
     headers.insert(X_CACHE_SOURCE, HeaderValue::from_static(hit.source.as_str()));
     headers.insert(CACHE_STATUS, cache_status_of_hit(hit, now_ms));
-    if let Ok(etag) = HeaderValue::from_str(entry.etag()) {
+    if let Ok(etag) = HeaderValue::from_bytes(entry.etag_bytes()) {
         headers.insert(header::ETAG, etag);
     }
     let cache_control = match hit.served {
