@@ -136,7 +136,7 @@ impl App {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding server.listen {listen}"))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_accepting = CancellationToken::new();
-        let router = http::router(state);
+        let service = tower::make::Shared::new(http::service(state));
         // Responses are small and written whole: Nagle's algorithm would only add latency.
         let listener = listener.tap_io(|tcp| {
             if let Err(err) = tcp.set_nodelay(true) {
@@ -146,7 +146,7 @@ impl App {
         let server = tokio::spawn({
             let stop_accepting = stop_accepting.clone();
             async move {
-                axum::serve(listener, router)
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
                     .await
             }

@@ -1,15 +1,25 @@
-//! The request guard: one middleware around every route that checks the bearer token
-//! (`auth.rs`, before anything reads the body), sheds load past
-//! `server.max_concurrency`, bounds each request by `server.request_timeout_ms`, and records
-//! the request's metrics and debug log line. One layer rather than three keeps the hit path to
-//! a single boxed future.
+//! The request guard: one service around the whole router that checks the bearer token
+//! (`auth.rs`, before anything reads the body), sheds load past `server.max_concurrency`,
+//! bounds each request by `server.request_timeout_ms`, turns a handler's panic into a 500, and
+//! records the request's metrics and debug log line.
+//!
+//! It wraps the router from outside (not `Router::layer`, which boxes the service and its
+//! future once more per request and per layer) and its future is a plain state machine, so the
+//! guard costs no allocation on the hit path. Outside the router there is no `MatchedPath`:
+//! [`route_of`] names the route from the path, and a test holds it to what axum matches.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::OwnedSemaphorePermit;
+use tower::{Layer, Service};
 
 use super::error::ApiError;
 use super::AppState;
@@ -17,41 +27,153 @@ use super::AppState;
 /// Routes that must answer even when the service is saturated.
 const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
 
-pub(crate) async fn guard(
-    State(state): State<AppState>,
-    matched: Option<MatchedPath>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = method_label(request.method());
-    if let Some(response) = state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
-        record(&state, route, method, &response, started);
-        return response;
+/// The literal routes of `http::router`, each its own `route` label.
+const FIXED_ROUTES: [&str; 13] = [
+    "/api/cache",
+    "/api/cache/",
+    "/api/cache/invalidate",
+    "/api/cache/batch/get",
+    "/api/cache/batch/set",
+    "/api/cache/evict",
+    "/api/cache/prefetch",
+    "/api/cache/warm",
+    "/api/cache/snapshot",
+    "/api/cache/metrics",
+    "/metrics",
+    "/health",
+    "/ready",
+];
+const KEY_ROUTE: &str = "/api/cache/{*key}";
+const UNMATCHED: &str = "unmatched";
+
+/// The route template axum matches `path` (raw, as received) to, or `unmatched`.
+pub(crate) fn route_of(path: &str) -> &'static str {
+    if let Some(route) = FIXED_ROUTES.iter().find(|route| **route == path) {
+        return route;
+    }
+    if path.len() > "/api/cache/".len() && path.starts_with("/api/cache/") {
+        return KEY_ROUTE;
+    }
+    UNMATCHED
+}
+
+#[derive(Clone)]
+pub(crate) struct GuardLayer {
+    state: AppState,
+}
+
+impl GuardLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { inner, state: self.state.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Guard<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
-    let permit = if NEVER_SHED.contains(&route) {
-        None
-    } else {
-        match state.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let response = ApiError::overloaded().into_response();
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let route = route_of(request.uri().path());
+        let method = method_label(request.method());
+        let answered = |response: Response| {
+            record(&self.state, route, method, &response, started);
+            GuardFuture { state: State::Done { response: Some(response) } }
+        };
+        if let Some(response) = self.state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
+            return answered(response);
+        }
+        let permit = if NEVER_SHED.contains(&route) {
+            None
+        } else {
+            match self.state.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return answered(ApiError::overloaded().into_response()),
+            }
+        };
+        // Cancel safety: dropping the handler future on timeout drops only request-scoped work;
+        // engine calls are synchronous and complete before any await point.
+        let handler = match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(handler) => tokio::time::timeout(self.state.server.request_timeout, handler),
+            Err(panic) => return answered(panic_response(panic)),
+        };
+        let running = Running { permit, state: self.state.clone(), route, method, started };
+        GuardFuture { state: State::Running { handler, running: Some(running) } }
+    }
+}
+
+/// What a request in progress holds until it is answered (the permit is released on drop).
+struct Running {
+    permit: Option<OwnedSemaphorePermit>,
+    state: AppState,
+    route: &'static str,
+    method: &'static str,
+    started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    pub(crate) struct GuardFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<F> {
+        Done { response: Option<Response> },
+        Running { #[pin] handler: tokio::time::Timeout<F>, running: Option<Running> },
+    }
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProjection::Done { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+            StateProjection::Running { handler, running } => {
+                // A panic unwinds no further than this request (its future is never polled again).
+                let response = match catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(Ok(response)))) => response,
+                    Ok(Poll::Ready(Ok(Err(never)))) => match never {},
+                    Ok(Poll::Ready(Err(_elapsed))) => ApiError::timeout().into_response(),
+                    Err(panic) => panic_response(panic),
+                };
+                let Running { permit, state, route, method, started } =
+                    running.take().expect("polled after completion");
+                drop(permit);
                 record(&state, route, method, &response, started);
-                return response;
+                Poll::Ready(Ok(response))
             }
         }
-    };
-    // Cancel safety: dropping the handler future on timeout drops only request-scoped work;
-    // engine calls are synchronous and complete before any await point.
-    let response = match tokio::time::timeout(state.server.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::timeout().into_response(),
-    };
-    drop(permit);
-    record(&state, route, method, &response, started);
-    response
+    }
 }
 
 /// A handler that panicked answers 500 in the error shape; the panic is a bug, logged once.
@@ -89,6 +211,57 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_of_names_fixed_routes_keys_and_the_rest() {
+        assert_eq!(route_of("/api/cache/invalidate"), "/api/cache/invalidate");
+        assert_eq!(route_of("/api/cache/"), "/api/cache/");
+        assert_eq!(route_of("/api/cache/user:1"), KEY_ROUTE);
+        assert_eq!(route_of("/api/cache/batch/other"), KEY_ROUTE);
+        assert_eq!(route_of("/api/cache/%69nvalidate"), KEY_ROUTE, "raw paths, as axum matches them");
+        assert_eq!(route_of("/health/"), UNMATCHED);
+        assert_eq!(route_of("/nope"), UNMATCHED);
+    }
+
+    /// A handler that panics when called or when polled: the guard answers 500 either way.
+    #[derive(Clone)]
+    struct Panicking {
+        in_call: bool,
+    }
+
+    impl Service<Request> for Panicking {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request) -> Self::Future {
+            assert!(!self.in_call, "boom in call");
+            Box::pin(async {
+                tokio::task::yield_now().await;
+                panic!("boom in poll")
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_a_500_and_the_service_goes_on() {
+        use tower::ServiceExt;
+        let state = super::super::state_for_tests(&crate::config::Settings::default());
+        for in_call in [true, false] {
+            let guard = GuardLayer::new(state.clone()).layer(Panicking { in_call });
+            let request = Request::builder().uri("/api/cache/k").body(axum::body::Body::empty()).unwrap();
+            let response = guard.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 500);
+            let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"]["code"], "internal");
+        }
+        assert_eq!(state.in_flight.available_permits(), state.server.max_concurrency, "permits were returned");
+    }
 
     #[tokio::test]
     async fn a_panic_becomes_a_json_500() {

@@ -12,12 +12,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::DefaultBodyLimit;
+use std::convert::Infallible;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use tokio::sync::{Notify, Semaphore};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::{Service, ServiceBuilder};
 
 use crate::config::{ServerConfig, Settings};
 use crate::engine::snapshot::Persistence;
@@ -63,10 +65,23 @@ impl AppState {
     }
 }
 
+/// The service that answers every request: the guard (`middleware.rs`) and the body limit,
+/// around the router. Layered from outside so the hit path pays for no boxing
+/// per layer.
+pub(crate) fn service(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static
+{
+    ServiceBuilder::new()
+        .layer(middleware::GuardLayer::new(state.clone()))
+        .layer(DefaultBodyLimit::max(state.server.max_body_bytes))
+        .service(router(state))
+}
+
 /// Every route of SPEC §3. The fixed routes are literal paths, so they win over a key of the
-/// same name for every method (`GET /api/cache/invalidate` is 405, not a key lookup).
-pub(crate) fn router(state: AppState) -> Router {
-    let max_body_bytes = state.server.max_body_bytes;
+/// same name for every method (`GET /api/cache/invalidate` is 405, not a key lookup). Keep
+/// `middleware::FIXED_ROUTES` in step.
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/cache", delete(routes::bulk::clear))
         .route("/api/cache/", any(routes::entries::empty_key))
@@ -84,22 +99,23 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(routes::ops::ready))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::guard))
-                .layer(CatchPanicLayer::custom(middleware::panic_response))
-                .layer(DefaultBodyLimit::max(max_body_bytes)),
-        )
         .with_state(state)
 }
 
 /// A router over a fresh engine built from `settings`, for tests that call it with
 /// `tower::ServiceExt::oneshot` instead of a listening server.
-pub fn router_for_tests(settings: &Settings) -> Router {
+pub fn router_for_tests(
+    settings: &Settings,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static
+{
+    service(state_for_tests(settings))
+}
+
+fn state_for_tests(settings: &Settings) -> AppState {
     let metrics = Arc::new(Metrics::new());
     let engine = Arc::new(Engine::new(settings.engine_config(), "test".into(), metrics.clone(), Clock::new()));
     let server = settings.server_config();
-    router(AppState::new(Shared {
+    AppState::new(Shared {
         engine,
         metrics,
         instance_id: "test".into(),
@@ -112,5 +128,58 @@ pub fn router_for_tests(settings: &Settings) -> Router {
         warm_trigger: Arc::new(Notify::new()),
         persistence: settings.persistence_path().map(|path| Arc::new(Persistence::new(path))),
         auth: auth::Auth::new(&settings.auth_config()),
-    }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::MatchedPath;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The guard names routes from outside the router; it must name them as axum matches them.
+    #[tokio::test]
+    async fn the_guard_names_every_route_as_axum_matches_it() {
+        let state = state_for_tests(&Settings::default());
+        let probe = router(state).layer(axum::middleware::from_fn(
+            |matched: Option<MatchedPath>, _request: Request, _next: axum::middleware::Next| async move {
+                matched.map_or("unmatched".to_string(), |matched| matched.as_str().to_string())
+            },
+        ));
+        let paths = [
+            "/api/cache",
+            "/api/cache/",
+            "/api/cache/invalidate",
+            "/api/cache/batch/get",
+            "/api/cache/batch/set",
+            "/api/cache/evict",
+            "/api/cache/prefetch",
+            "/api/cache/warm",
+            "/api/cache/snapshot",
+            "/api/cache/metrics",
+            "/metrics",
+            "/health",
+            "/ready",
+            "/api/cache/user:1",
+            "/api/cache/batch/other",
+            "/api/cache/a/b/c",
+            "/api/cache//x",
+            "/api/cache/%69nvalidate",
+            "/api/cache/invalidate/",
+            "/health/",
+            "/",
+            "/api",
+            "/nope",
+        ];
+        for path in paths {
+            for method in ["GET", "POST", "PUT", "DELETE"] {
+                let request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+                let response = probe.clone().oneshot(request).await.unwrap();
+                let matched = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+                assert_eq!(middleware::route_of(path), std::str::from_utf8(&matched).unwrap(), "{method} {path}");
+            }
+        }
+    }
 }
