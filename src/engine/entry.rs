@@ -18,11 +18,14 @@ use super::key::{Key, Tag};
 const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16 + 48;
 const PER_NAME_OVERHEAD_BYTES: usize = std::mem::size_of::<Key>() + 16;
 
+/// Field widths keep `Entry` at 104 bytes, so an `Arc<Entry>` (16 bytes of counts + 104) fits
+/// one 128-byte glibc chunk: at a million entries every byte counts (BENCHMARKS.md, target 5).
 #[derive(Debug)]
 pub struct Entry {
     value: Bytes,
-    /// The quoted strong ETag, rendered once at write time for the hit path.
-    etag: [u8; ETAG_LEN],
+    /// The 128-bit xxh3 of the value, as two halves (8-byte alignment, where a `u128` would
+    /// round the entry up to 16); rendered into the quoted ETag on demand.
+    etag_hash: [u64; 2],
     cached_at_ms: u64,
     expires_at_ms: u64,
     /// Until when this L1 copy is served as fresh: `expires_at_ms`, or earlier when
@@ -34,13 +37,34 @@ pub struct Entry {
     negative: bool,
     /// Brought in by prefetch and not read since: the first hit counts in `prefetch_hits`.
     prefetched: AtomicBool,
-    tags: Box<[Tag]>,
-    depends_on: Box<[Key]>,
+    /// Tags and dependencies, behind one pointer that most entries leave empty.
+    names: Option<Box<Names>>,
     /// Unique per write, process-wide: index records carry it so that removing an old entry
     /// never removes the index record of the entry that replaced it.
     version: u64,
-    /// Bytes this entry counts against `l1.max_bytes`: key + value + metadata.
-    size: usize,
+    /// Bytes this entry counts against `l1.max_bytes`: key + value + metadata (saturating at
+    /// 4 GiB, far past any value limit).
+    size: u32,
+}
+
+#[derive(Debug)]
+struct Names {
+    tags: Box<[Tag]>,
+    depends_on: Box<[Key]>,
+}
+
+/// The quoted strong ETag of an entry, rendered from its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Etag([u8; ETAG_LEN]);
+
+impl Etag {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("etag is ASCII hex")
+    }
 }
 
 const ETAG_LEN: usize = 34;
@@ -57,9 +81,11 @@ impl Entry {
         depends_on: Box<[Key]>,
         version: u64,
     ) -> Entry {
-        let size = Self::size_of(key, value.len(), &tags, &depends_on);
+        let size = u32::try_from(Self::size_of(key, value.len(), &tags, &depends_on)).unwrap_or(u32::MAX);
+        let names = (!tags.is_empty() || !depends_on.is_empty()).then(|| Box::new(Names { tags, depends_on }));
+        let hash = xxhash_rust::xxh3::xxh3_128(&value);
         Entry {
-            etag: etag_of(&value),
+            etag_hash: [(hash >> 64) as u64, hash as u64],
             value,
             cached_at_ms,
             expires_at_ms,
@@ -67,8 +93,7 @@ impl Entry {
             l1_keep_until_ms: expires_at_ms,
             negative: false,
             prefetched: AtomicBool::new(false),
-            tags,
-            depends_on,
+            names,
             version,
             size,
         }
@@ -98,12 +123,15 @@ impl Entry {
     }
 
     /// The quoted ETag as bytes (ASCII), for a header value without a UTF-8 check.
-    pub fn etag_bytes(&self) -> &[u8] {
-        &self.etag
-    }
-
-    pub fn etag(&self) -> &str {
-        std::str::from_utf8(&self.etag).expect("etag is ASCII hex")
+    pub fn etag(&self) -> Etag {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'"'; ETAG_LEN];
+        for (half, digits) in self.etag_hash.iter().zip(out[1..ETAG_LEN - 1].chunks_exact_mut(16)) {
+            for (idx, digit) in digits.iter_mut().enumerate() {
+                *digit = HEX[((half >> (60 - 4 * idx)) & 0xf) as usize];
+            }
+        }
+        Etag(out)
     }
 
     pub fn cached_at_ms(&self) -> u64 {
@@ -115,11 +143,11 @@ impl Entry {
     }
 
     pub fn tags(&self) -> &[Tag] {
-        &self.tags
+        self.names.as_ref().map_or(&[], |names| &names.tags)
     }
 
     pub fn depends_on(&self) -> &[Key] {
-        &self.depends_on
+        self.names.as_ref().map_or(&[], |names| &names.depends_on)
     }
 
     pub fn version(&self) -> u64 {
@@ -127,7 +155,7 @@ impl Entry {
     }
 
     pub fn size(&self) -> usize {
-        self.size
+        self.size as usize
     }
 
     /// Sets how long the L1 copy lives: fresh until `l1_deadline_ms` at most (never past the
@@ -182,18 +210,6 @@ impl Entry {
     }
 }
 
-/// A strong ETag from the value bytes: 128-bit xxh3, so equal bytes give equal tags and a
-/// collision between different values is out of practical reach.
-fn etag_of(value: &[u8]) -> [u8; ETAG_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hash = xxhash_rust::xxh3::xxh3_128(value);
-    let mut out = [b'"'; ETAG_LEN];
-    for (idx, slot) in out[1..ETAG_LEN - 1].iter_mut().enumerate() {
-        *slot = HEX[((hash >> (124 - 4 * idx)) & 0xf) as usize];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,9 +223,14 @@ mod tests {
     fn etag_follows_the_bytes() {
         assert_eq!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":1}").etag());
         assert_ne!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":2}").etag());
-        let etag = entry(b"1").etag().to_string();
+        let etag = entry(b"1").etag().as_str().to_string();
         assert_eq!(etag.len(), 34);
         assert!(etag.starts_with('"') && etag.ends_with('"'));
+    }
+
+    #[test]
+    fn an_arc_entry_is_one_128_byte_allocation() {
+        assert_eq!(std::mem::size_of::<Entry>(), 104);
     }
 
     #[test]

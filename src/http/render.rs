@@ -28,7 +28,8 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
     headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
     headers.insert(X_CACHE_SOURCE, HeaderValue::from_static(hit.source.as_str()));
     headers.insert(CACHE_STATUS, cache_status_of_hit(hit, now_ms));
-    if let Ok(etag) = HeaderValue::from_bytes(entry.etag_bytes()) {
+    let etag = entry.etag();
+    if let Ok(etag) = HeaderValue::from_bytes(etag.as_bytes()) {
         headers.insert(header::ETAG, etag);
     }
     let cache_control = match hit.served {
@@ -38,7 +39,7 @@ pub fn hit(key: &Key, hit: &Hit, now_ms: u64, request_headers: &HeaderMap) -> Re
     headers.insert(header::CACHE_CONTROL, cache_control);
 
     if let Some(condition) = request_headers.get(header::IF_NONE_MATCH) {
-        if etag_matches(condition.as_bytes(), entry.etag()) {
+        if etag_matches(condition.as_bytes(), etag.as_str()) {
             return with_headers(StatusCode::NOT_MODIFIED, headers, Body::empty());
         }
     }
