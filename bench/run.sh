@@ -271,7 +271,7 @@ if [ "$CRITERION" = 1 ]; then
   cleanup; pids=()
   echo "criterion engine benches" >&2
   cargo bench --quiet --bench engine -- --warm-up-time 1 --measurement-time 3 2>/dev/null |
-    awk '/^[a-z0-9_]+\/[^ ]+/ {name = $1} /time:/ && !/change:/ {sub(/.*time: +\[/, ""); split($0, t, " "); print "| `" name "` | " t[3] " " t[4] " |"}' >"$STATE/criterion.md"
+    awk '/^[a-z0-9_]+\/[^ ]+/ {name = $1} /time:/ {sub(/.*time: +\[/, ""); split($0, t, " "); if (t[4] ~ /^(ps|ns|µs|us|ms|s)$/) print "| `" name "` | " t[3] " " t[4] " |"}' >"$STATE/criterion.md"
   { echo; echo "| engine benchmark (criterion) | median |"; echo "|---|---|"; cat "$STATE/criterion.md"; } >>"$STATE/table.md"
 fi
 
