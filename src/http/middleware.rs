@@ -28,7 +28,7 @@ use super::AppState;
 const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
 
 /// The literal routes of `http::router`, each its own `route` label.
-const FIXED_ROUTES: [&str; 13] = [
+pub(crate) const FIXED_ROUTES: [&str; 13] = [
     "/api/cache",
     "/api/cache/",
     "/api/cache/invalidate",
