@@ -243,6 +243,9 @@ impl L2 {
         let announcements = announce(&keys);
         let publishes = announcements.iter().map(|message| redis::cmd("PUBLISH").arg(channel).arg(message).clone());
         let mut replies = self.query_steps(vec![index, writes, publishes.collect()]).await?;
+        if replies[1].len() != flat.len() * 2 {
+            return Err(L2Error::Redis("a write pipeline came back short".to_string()));
+        }
         self.metrics.invalidations_published.inc_by(announcements.len() as u64);
         let mut members = replies[1].split_off(flat.len()).into_iter().map(redis::from_redis_value::<Vec<String>>);
         let mut answers = Vec::with_capacity(batch.len());
