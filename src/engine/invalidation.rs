@@ -255,26 +255,26 @@ impl Engine {
         if self.l2.is_none() {
             return;
         }
-        let mut seen = HashSet::new();
-        let names: Vec<String> = keys.filter(|key| seen.insert(*key)).map(|key| key.as_str().to_string()).collect();
-        for chunk in names.chunks(KEYS_PER_MESSAGE) {
-            self.publish(Message::evict(chunk.to_vec()), l2_ok).await;
+        for payload in self.evict_payloads(keys.map(Key::as_str)) {
+            self.send(&payload, l2_ok).await;
         }
     }
 
-    /// Publishes one message with this instance's `origin` and next `seq`. When `l2_ok` is
-    /// false (L2 already failed in this request) or the publish fails, the `seq` is spent all
-    /// the same: the gap tells every receiver to clear its L1.
+    /// Publishes one message with this instance's `origin` and next `seq` (see [`Engine::send`]).
     async fn publish(&self, message: Message, l2_ok: bool) {
-        let Some(l2) = &self.l2 else { return };
-        if message.kind == MessageKind::Evict && message.keys.as_ref().is_some_and(Vec::is_empty) {
+        if self.l2.is_none() || (message.kind == MessageKind::Evict && message.keys.as_ref().is_some_and(Vec::is_empty))
+        {
             return;
         }
-        let payload = self.stamp(message);
-        if !l2_ok {
-            return;
-        }
-        match l2.publish(&self.channel, &payload).await {
+        self.send(&self.stamp(message), l2_ok).await;
+    }
+
+    /// Sends a stamped payload. When `l2_ok` is false (L2 already failed in this request) or
+    /// the publish fails, its `seq` is spent all the same: the gap tells every receiver to
+    /// clear its L1.
+    async fn send(&self, payload: &str, l2_ok: bool) {
+        let Some(l2) = self.l2.as_ref().filter(|_| l2_ok) else { return };
+        match l2.publish(&self.channel, payload).await {
             Ok(()) => self.metrics.invalidations_published.inc(),
             Err(err) => tracing::debug!(%err, "invalidation message not published"),
         }
