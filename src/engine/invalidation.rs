@@ -60,8 +60,7 @@ impl Engine {
             // A pattern without specials names one key: no scan needed.
             roots.extend(self.parse_keys(vec![pattern.clone()]));
         } else if let Some(pattern) = &invalidation.pattern {
-            roots
-                .extend(self.l1.keys_where(|key| glob::matches(pattern, key.as_str())).into_iter().map(|(key, _)| key));
+            roots.extend(self.l1.keys_where(|key| glob::matches(pattern, key)).into_iter().map(|(key, _)| key));
             if let Some(l2) = &self.l2 {
                 match l2.scan(pattern).await {
                     Ok(names) => roots.extend(self.parse_keys(names)),
@@ -207,11 +206,7 @@ impl Engine {
             MessageKind::Pattern => {
                 let pattern = message.pattern.unwrap_or_default();
                 self.l1.note_invalidation(Some(&pattern), &[]);
-                self.l1
-                    .keys_where(|key| glob::matches(&pattern, key.as_str()))
-                    .into_iter()
-                    .map(|(key, _)| key)
-                    .collect()
+                self.l1.keys_where(|key| glob::matches(&pattern, key)).into_iter().map(|(key, _)| key).collect()
             }
             MessageKind::Tags => {
                 let tags = message.tags.unwrap_or_default();

@@ -20,6 +20,11 @@ impl Key {
         Ok(Key(Arc::from(raw)))
     }
 
+    /// A handle to the key of `entry`, validated when the entry was made.
+    pub(crate) fn of_entry(entry: &super::entry::Entry) -> Key {
+        Key(Arc::from(entry.key()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
 pub use self::clock::Clock;
-pub use self::entry::Entry;
+pub use self::entry::{Entry, NewEntry};
 pub use self::error::EngineError;
 use self::flight::Flights;
 pub use self::key::{Key, Tag};
@@ -144,7 +144,7 @@ impl TierStatus {
 /// An entry, the tier it came from, and how it stands.
 #[derive(Debug, Clone)]
 pub struct Hit {
-    pub entry: Arc<Entry>,
+    pub entry: Entry,
     pub source: Source,
     pub served: Served,
 }

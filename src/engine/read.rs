@@ -29,7 +29,7 @@ use super::l2::Envelope;
 use super::origin::{Fetched, OriginError};
 use super::prefetch::{PrefetchOutcome, Queued};
 use super::write::envelope_of;
-use super::{Engine, EngineError, Entry, Hit, Key, Lookup, Miss, Served, Source, Stale, Tag};
+use super::{Engine, EngineError, Entry, Hit, Key, Lookup, Miss, NewEntry, Served, Source, Stale, Tag};
 use crate::metrics::EvictionReason;
 
 /// How long a read waits for an L2-only flight (no origin): L2 calls are bounded by
@@ -51,13 +51,13 @@ pub(crate) enum Resolved {
 
 /// What L1 holds for a key at one instant.
 enum L1State {
-    Fresh(Arc<Entry>),
+    Fresh(Entry),
     /// A remembered origin 404.
     Negative,
     /// Past its expiry, within grace.
-    Stale(Arc<Entry>),
+    Stale(Entry),
     /// Past its L1 deadline but not its expiry, within grace: a fallback, not an answer.
-    Aged(Arc<Entry>),
+    Aged(Entry),
     Absent,
 }
 
@@ -96,7 +96,7 @@ impl Engine {
     /// reads). A key the origin failed for is a miss here, unless a stale copy stands in.
     pub async fn read_many(self: &Arc<Self>, keys: &[Key]) -> Vec<Option<Hit>> {
         let mut answers: Vec<Option<Hit>> = Vec::with_capacity(keys.len());
-        let mut pending: Vec<(usize, Option<Arc<Entry>>)> = Vec::new();
+        let mut pending: Vec<(usize, Option<Entry>)> = Vec::new();
         // One instant for the whole batch: every key is judged fresh or not at the same time.
         let now_ms = self.clock.now_ms();
         for (idx, key) in keys.iter().enumerate() {
@@ -222,7 +222,7 @@ impl Engine {
 
     /// A stale copy answers now; a refresh starts unless one runs or nothing could refresh it
     /// (no origin, and the copy came from L2 or there is no L2 to look in).
-    fn serve_stale(self: &Arc<Self>, key: &Key, entry: Arc<Entry>, source: Source) -> Hit {
+    fn serve_stale(self: &Arc<Self>, key: &Key, entry: Entry, source: Source) -> Hit {
         self.metrics.stale_served.inc();
         let check_l2 = source == Source::L1 && self.l2.is_some();
         let stale = if !check_l2 && self.origin.is_none() {
@@ -313,7 +313,7 @@ impl Engine {
         run: &FlightRun<Resolved>,
         token: FillToken,
         check_l2: bool,
-    ) -> Result<Option<Arc<Entry>>, Resolved> {
+    ) -> Result<Option<Entry>, Resolved> {
         let key = run.key();
         let mut stale_from_l2 = None;
         if let (Some(l2), true) = (&self.l2, check_l2) {
@@ -348,7 +348,7 @@ impl Engine {
         &self,
         run: &FlightRun<Resolved>,
         token: FillToken,
-        stale_from_l2: Option<Arc<Entry>>,
+        stale_from_l2: Option<Entry>,
         started: Instant,
         prefetch: bool,
     ) -> Resolved {
@@ -360,12 +360,12 @@ impl Engine {
             Ok(Fetched::Value { value, ttl }) => {
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
                 let expires_at_ms = now_ms.saturating_add(ttl.map_or(0, |ttl| ttl.as_millis() as u64));
-                let mut entry = Entry::new(key, value, now_ms, expires_at_ms, [].into(), [].into(), version)
+                let mut entry = NewEntry::new(key, value, now_ms, expires_at_ms, [].into(), [].into(), version)
                     .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms());
                 if prefetch {
                     entry = entry.mark_prefetched();
                 }
-                let entry = Arc::new(entry);
+                let entry = entry.build();
                 let stored = match ttl {
                     Some(ttl) => self.store_fetched(key, &entry, ttl, token).await,
                     None => {
@@ -380,9 +380,9 @@ impl Engine {
                     Some(ttl) => {
                         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
                         let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
-                        let entry = Entry::negative(key, now_ms, expires_at_ms, version)
+                        let entry = NewEntry::negative(key, now_ms, expires_at_ms, version)
                             .with_l1_lifetime(self.l1_deadline(now_ms), 0);
-                        self.l1.insert_fill(key, Arc::new(entry), token, now_ms)
+                        self.l1.insert_fill(entry.build(), token, now_ms)
                     }
                     None => false,
                 };
@@ -403,7 +403,7 @@ impl Engine {
     /// Stores an origin value in L2 (kept `grace` longer) and L1, unless the key changed since
     /// `token`. Returns whether it was stored. The L2 write is best effort: the value is the
     /// origin's, so losing it costs a refetch, never correctness.
-    async fn store_fetched(&self, key: &Key, entry: &Arc<Entry>, ttl: Duration, token: FillToken) -> bool {
+    async fn store_fetched(&self, key: &Key, entry: &Entry, ttl: Duration, token: FillToken) -> bool {
         if !self.l1.is_unchanged(token) {
             return false;
         }
@@ -414,7 +414,7 @@ impl Engine {
             }
         }
         if self.l1.fits(entry.size()) {
-            self.l1.insert_fill(key, entry.clone(), token, self.clock.now_ms());
+            self.l1.insert_fill(entry.clone(), token, self.clock.now_ms());
         }
         true
     }
@@ -429,7 +429,7 @@ impl Engine {
     }
 
     /// Turns a flight's result into an answer, counting it; `fallback` stands in on failure.
-    fn settle(&self, resolved: Option<Resolved>, fallback: Option<Arc<Entry>>) -> Result<Lookup, EngineError> {
+    fn settle(&self, resolved: Option<Resolved>, fallback: Option<Entry>) -> Result<Lookup, EngineError> {
         let resolved = resolved.unwrap_or(Resolved::Failed(OriginError::Timeout));
         match resolved {
             Resolved::Found(hit) => {
@@ -468,7 +468,7 @@ impl Engine {
 
     /// Turns an L2 envelope into an entry and copies it into L1 unless the key changed
     /// meanwhile. `None` when it is past expiry and grace, or malformed.
-    fn fill_from_l2(&self, key: &Key, envelope: Envelope, token: FillToken) -> Option<Arc<Entry>> {
+    fn fill_from_l2(&self, key: &Key, envelope: Envelope, token: FillToken) -> Option<Entry> {
         let now_ms = self.clock.now_ms();
         if envelope.expires_at_ms.saturating_add(self.grace_ms()) <= now_ms {
             return None;
@@ -482,11 +482,18 @@ impl Engine {
             return None;
         };
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let entry =
-            Entry::new(key, envelope.value, envelope.cached_at_ms, envelope.expires_at_ms, tags, depends_on, version);
-        let entry = Arc::new(entry.with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms()));
+        let entry = NewEntry::new(
+            key,
+            envelope.value,
+            envelope.cached_at_ms,
+            envelope.expires_at_ms,
+            tags,
+            depends_on,
+            version,
+        );
+        let entry = entry.with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms()).build();
         if self.l1.fits(entry.size()) {
-            self.l1.insert_fill(key, entry.clone(), token, now_ms);
+            self.l1.insert_fill(entry.clone(), token, now_ms);
         }
         Some(entry)
     }

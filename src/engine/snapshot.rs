@@ -32,7 +32,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::l1::Restored;
-use super::{Engine, Entry, Key, Tag};
+use super::{Engine, Entry, Key, NewEntry, Tag};
 
 const MAGIC: &[u8; 6] = b"TCSNAP";
 const VERSION: u16 = 1;
@@ -190,11 +190,11 @@ impl Engine {
         let now_ms = self.clock.now_ms();
         let mut count = 0u64;
         let mut failure = None;
-        self.l1.for_each(|key, entry| {
+        self.l1.for_each(|entry| {
             if failure.is_some() || entry.is_negative() || entry.is_expired(now_ms) {
                 return;
             }
-            match write_record(&mut out, key, entry) {
+            match write_record(&mut out, entry) {
                 Ok(()) => count += 1,
                 Err(err) => failure = Some(err),
             }
@@ -256,14 +256,16 @@ impl Engine {
                 continue;
             };
             let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-            let entry = Entry::new(&key, record.value, record.cached_at_ms, record.expires_at_ms, tags, deps, version)
-                .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms());
+            let entry =
+                NewEntry::new(&key, record.value, record.cached_at_ms, record.expires_at_ms, tags, deps, version)
+                    .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms())
+                    .build();
             if entry.is_expired(now_ms) {
                 stats.expired += 1;
             } else if !self.l1.fits(entry.size()) {
                 stats.rejected += 1;
             } else {
-                match self.l1.insert_restored(&key, Arc::new(entry)) {
+                match self.l1.insert_restored(entry) {
                     Restored::Inserted => stats.restored += 1,
                     Restored::Superseded => stats.superseded += 1,
                     Restored::Invalidated => {
@@ -349,9 +351,9 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn write_record(out: &mut impl Write, key: &Key, entry: &Entry) -> std::io::Result<()> {
+fn write_record(out: &mut impl Write, entry: &Entry) -> std::io::Result<()> {
     out.write_all(&[RECORD])?;
-    write_bytes(out, key.as_str().as_bytes())?;
+    write_bytes(out, entry.key_bytes())?;
     out.write_all(&entry.cached_at_ms().to_le_bytes())?;
     out.write_all(&entry.expires_at_ms().to_le_bytes())?;
     out.write_all(&(entry.tags().len() as u32).to_le_bytes())?;
@@ -489,11 +491,11 @@ mod tests {
 
     fn contents(engine: &Engine) -> HashMap<String, (Bytes, u64, Vec<String>, Vec<String>)> {
         let mut out = HashMap::new();
-        engine.l1.for_each(|key, entry| {
+        engine.l1.for_each(|entry| {
             out.insert(
-                key.as_str().to_string(),
+                entry.key().to_string(),
                 (
-                    entry.value().clone(),
+                    Bytes::copy_from_slice(entry.value()),
                     entry.expires_at_ms(),
                     entry.tags().iter().map(|tag| tag.as_str().to_string()).collect(),
                     entry.depends_on().iter().map(|dep| dep.as_str().to_string()).collect(),
@@ -552,7 +554,7 @@ mod tests {
         // A dependent met before its invalidated dependency is restored, then cascaded away.
         assert_eq!(stats.restored + stats.superseded, 7);
         assert_eq!(target.l1.len(), 1, "only the rewrite is left");
-        assert_eq!(target.l1.peek("rewritten").unwrap().value().as_ref(), b"2");
+        assert_eq!(target.l1.peek("rewritten").unwrap().value(), b"2");
         for key in ["deleted", "kept", "tagged", "patterned", "dependent", "grandchild"] {
             assert!(target.l1.peek(key).is_none(), "{key}: an invalidation since start is not undone");
         }

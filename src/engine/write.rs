@@ -7,11 +7,12 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::l2::{EntryWrite, Envelope};
-use super::{Engine, EngineError, Entry, Key, L2Write, ValidWrite, WriteOutcome};
+use super::{Engine, EngineError, Entry, Key, L2Write, NewEntry, ValidWrite, WriteOutcome};
 use crate::config::WritePolicy;
 use crate::metrics::EvictionReason;
 
@@ -33,11 +34,11 @@ impl Engine {
     pub async fn set_many(&self, writes: Vec<ValidWrite>) -> Result<Vec<WriteOutcome>, EngineError> {
         let now_ms = self.clock.now_ms();
         let l1_deadline = self.l1_deadline(now_ms);
-        let entries: Vec<(Key, Arc<Entry>, Duration)> = writes
+        let entries: Vec<(Key, Entry, Duration)> = writes
             .into_iter()
             .map(|write| {
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                let entry = Entry::new(
+                let entry = NewEntry::new(
                     &write.key,
                     write.value,
                     now_ms,
@@ -47,7 +48,7 @@ impl Engine {
                     version,
                 )
                 .with_l1_lifetime(l1_deadline, self.grace_ms());
-                (write.key, Arc::new(entry), write.ttl)
+                (write.key, entry.build(), write.ttl)
             })
             .collect();
 
@@ -89,16 +90,16 @@ impl Engine {
             .collect())
     }
 
-    fn insert_all_l1(&self, entries: &[(Key, Arc<Entry>, Duration)]) {
-        for (key, entry, _) in entries {
-            self.l1.insert(key, entry.clone());
+    fn insert_all_l1(&self, entries: &[(Key, Entry, Duration)]) {
+        for (_, entry, _) in entries {
+            self.l1.insert(entry.clone());
         }
     }
 
     /// Stores `entries` in L2 and announces their keys to the other instances, in one round
     /// trip; returns the keys that depend on them there. On failure the announcement's `seq` is
     /// spent all the same, so every receiver clears its L1 (L2's state is unknown).
-    async fn write_l2(&self, entries: &[(Key, Arc<Entry>, Duration)]) -> Result<Vec<String>, ()> {
+    async fn write_l2(&self, entries: &[(Key, Entry, Duration)]) -> Result<Vec<String>, ()> {
         let Some(l2) = &self.l2 else { return Ok(Vec::new()) };
         let writes = entries
             .iter()
@@ -122,7 +123,7 @@ fn expires_at(now_ms: u64, ttl: Duration) -> u64 {
 /// The L2 form of an entry.
 pub(super) fn envelope_of(entry: &Entry) -> Envelope {
     Envelope {
-        value: entry.value().clone(),
+        value: Bytes::copy_from_slice(entry.value()),
         cached_at_ms: entry.cached_at_ms(),
         expires_at_ms: entry.expires_at_ms(),
         tags: entry.tags().iter().map(|tag| tag.as_str().to_string()).collect(),

@@ -29,8 +29,10 @@
 
 mod index;
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::hash::BuildHasher;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +46,7 @@ use crate::config::L1Config;
 use crate::metrics::{EvictionReason, Metrics};
 
 pub(crate) struct L1 {
-    cache: Cache<Key, Arc<Entry>, EntryWeighter, DefaultHashBuilder, Hooks>,
+    cache: Cache<KeyOf, Entry, EntryWeighter, DefaultHashBuilder, Hooks>,
     shared: Arc<Shared>,
     /// Serializes writes of one key (see the module invariants). Striped, not per key, so its
     /// memory does not grow with the key space.
@@ -52,7 +54,8 @@ pub(crate) struct L1 {
     /// Per stripe: bumped by every write and removal of a key in it (see the fill invariant).
     epochs: Box<[AtomicU64]>,
     clear_epoch: AtomicU64,
-    stripe_hasher: std::hash::RandomState,
+    /// foldhash, seeded per instance (SipHash cost a write ~300 instructions).
+    stripe_hasher: DefaultHashBuilder,
     /// Largest weight one shard can hold; a bigger entry could never be admitted.
     shard_capacity: u64,
     weighter: EntryWeighter,
@@ -89,9 +92,9 @@ pub(crate) enum Restored {
 
 impl RestoreTracker {
     #[inline]
-    fn touch(&self, key: &str) {
+    fn touch(&self, entry: &Entry) {
         if self.active.load(Ordering::Acquire) {
-            self.mark(key);
+            self.mark(entry.key());
         }
     }
 
@@ -151,7 +154,7 @@ impl L1 {
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             epochs: (0..WRITE_LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             clear_epoch: AtomicU64::new(0),
-            stripe_hasher: std::hash::RandomState::new(),
+            stripe_hasher: DefaultHashBuilder::default(),
             shard_capacity,
             weighter,
             restore: RestoreTracker::default(),
@@ -166,22 +169,22 @@ impl L1 {
 
     /// The resident entry for `key`, fresh or not; expiry is the caller's decision.
     #[inline]
-    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.get(key)
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.cache.get(key.as_bytes())
     }
 
     /// The resident entry without counting an access for the eviction policy.
-    pub fn peek(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.peek(key)
+    pub fn peek(&self, key: &str) -> Option<Entry> {
+        self.cache.peek(key.as_bytes())
     }
 
-    /// Stores `entry` under `key`; returns the entry it replaced. The caller checked `fits`.
-    pub fn insert(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        let stripe = self.stripe_of(key.as_str());
+    /// Stores `entry` under its key; returns the entry it replaced. The caller checked `fits`.
+    pub fn insert(&self, entry: Entry) -> Option<Entry> {
+        let stripe = self.stripe_of(entry.key_bytes());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.restore.touch(key.as_str());
+        self.restore.touch(&entry);
         self.epochs[stripe].fetch_add(1, Ordering::AcqRel);
-        self.insert_locked(key, entry)
+        self.insert_locked(entry)
     }
 
     /// Starts tracking client changes for a restore; [`L1::insert_restored`] honours them.
@@ -217,29 +220,30 @@ impl L1 {
 
     /// Inserts an entry from a snapshot unless clients changed what it stands for since
     /// [`L1::begin_restore`] (see [`Restored`]).
-    pub fn insert_restored(&self, key: &Key, entry: Arc<Entry>) -> Restored {
-        let stripe = self.stripe_of(key.as_str());
+    pub fn insert_restored(&self, entry: Entry) -> Restored {
+        let key = entry.key();
+        let stripe = self.stripe_of(key.as_bytes());
         let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.restore.cleared.load(Ordering::Acquire) || self.restore.is_touched(key.as_str()) {
+        if self.restore.cleared.load(Ordering::Acquire) || self.restore.is_touched(key) {
             return Restored::Superseded;
         }
         let covered = self.restore.any_invalidated.load(Ordering::Acquire) && {
             let invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            invalidated.0.iter().any(|pattern| super::glob::matches(pattern, key.as_str()))
+            invalidated.0.iter().any(|pattern| super::glob::matches(pattern, key))
                 || entry.tags().iter().any(|tag| invalidated.1.iter().any(|gone| gone == tag.as_str()))
         };
         if covered || entry.depends_on().iter().any(|dep| self.restore.is_touched(dep.as_str())) {
-            self.restore.mark(key.as_str());
+            self.restore.mark(key);
             return Restored::Invalidated;
         }
         if !self.restore.any_touched.load(Ordering::Acquire) && !self.restore.any_filled.load(Ordering::Acquire) {
             // Nothing but this restore has inserted since it began, and a snapshot names each
             // key once, so the key is vacant: one plain insert. (A client insert of this key
             // raises its flag under this same stripe lock, so it cannot slip in between.)
-            self.insert_new_locked(key, entry);
+            self.insert_new_locked(entry);
             return Restored::Inserted;
         }
-        if self.insert_vacant_locked(key, entry) {
+        if self.insert_vacant_locked(entry) {
             Restored::Inserted
         } else {
             Restored::Superseded
@@ -251,38 +255,39 @@ impl L1 {
     /// removes it) or after it (and sees it).
     fn touch_for_restore(&self, key: &str) {
         if self.restore.active.load(Ordering::Acquire) {
-            let _stripe =
-                self.write_locks[self.stripe_of(key)].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _stripe = self.write_locks[self.stripe_of(key.as_bytes())]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             self.restore.mark(key);
         }
     }
 
     /// Inserts an entry whose key is known to be vacant; the caller holds the stripe.
-    fn insert_new_locked(&self, key: &Key, entry: Arc<Entry>) {
-        self.shared.remember(key, &entry);
-        let mut evicted = Vec::new();
-        self.cache.insert_with_lifecycle(key.clone(), entry, &mut evicted);
+    fn insert_new_locked(&self, entry: Entry) {
+        self.shared.remember(&entry);
+        let mut evicted = Evicted::default();
+        self.cache.insert_with_lifecycle(KeyOf(entry.clone()), entry, &mut evicted);
         drop(evicted); // Evicted values are freed here, outside every lock.
     }
 
     /// Inserts `entry` only if `key` is not resident, in one map lookup (the restore's hot
     /// path); returns whether it did. Same record order as `insert_locked`: index records and
     /// bytes first, withdrawn if the key turns out to be resident. The caller holds the stripe.
-    fn insert_vacant_locked(&self, key: &Key, entry: Arc<Entry>) -> bool {
-        self.shared.remember(key, &entry);
-        let mut evicted = Vec::new();
-        let inserted = match self.cache.entry(key, None, |_, _| EntryAction::Retain(())) {
+    fn insert_vacant_locked(&self, entry: Entry) -> bool {
+        self.shared.remember(&entry);
+        let mut evicted = Evicted::default();
+        let inserted = match self.cache.entry(&KeyOf(entry.clone()), None, |_, _| EntryAction::Retain(())) {
             EntryResult::Vacant(guard) => match guard.insert_with_lifecycle(entry.clone(), &mut evicted) {
                 Ok(()) => true,
                 Err(rejected) => {
-                    self.shared.forget(key, &rejected, EvictionReason::Replaced);
+                    self.shared.forget(&rejected, EvictionReason::Replaced);
                     return false; // Too heavy to admit; its records are withdrawn already.
                 }
             },
             _ => false,
         };
         if !inserted {
-            self.shared.forget(key, &entry, EvictionReason::Replaced);
+            self.shared.forget(&entry, EvictionReason::Replaced);
         }
         drop(evicted);
         inserted
@@ -295,15 +300,15 @@ impl L1 {
     }
 
     /// Calls `visit` with each resident entry, one shard read lock at a time.
-    pub fn for_each(&self, mut visit: impl FnMut(&Key, &Arc<Entry>)) {
-        for (key, entry) in self.cache.iter() {
-            visit(&key, &entry);
+    pub fn for_each(&self, mut visit: impl FnMut(&Entry)) {
+        for (_, entry) in self.cache.iter() {
+            visit(&entry);
         }
     }
 
     /// Taken before reading `key` from L2; [`L1::insert_fill`] honours it.
     pub fn fill_token(&self, key: &str) -> FillToken {
-        let stripe = self.stripe_of(key);
+        let stripe = self.stripe_of(key.as_bytes());
         FillToken {
             stripe,
             epoch: self.epochs[stripe].load(Ordering::Acquire),
@@ -314,14 +319,15 @@ impl L1 {
     /// Stores a copy read from L2 or the origin unless the key was written, removed or cleared
     /// since `token` was taken, or a fresh copy (at `now_ms`) is resident already; a stale
     /// resident copy is replaced. Returns whether it was stored.
-    pub fn insert_fill(&self, key: &Key, entry: Arc<Entry>, token: FillToken, now_ms: u64) -> bool {
+    pub fn insert_fill(&self, entry: Entry, token: FillToken, now_ms: u64) -> bool {
         let _write_guard = self.write_locks[token.stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.is_unchanged(token) || self.cache.peek(key.as_str()).is_some_and(|resident| resident.is_fresh(now_ms))
+        if !self.is_unchanged(token)
+            || self.cache.peek(entry.key_bytes()).is_some_and(|resident| resident.is_fresh(now_ms))
         {
             return false;
         }
         self.restore.any_filled.store(true, Ordering::Release);
-        self.insert_locked(key, entry);
+        self.insert_locked(entry);
         true
     }
 
@@ -331,70 +337,54 @@ impl L1 {
             && self.clear_epoch.load(Ordering::Acquire) == token.clear_epoch
     }
 
-    fn stripe_of(&self, key: &str) -> usize {
+    fn stripe_of(&self, key: &[u8]) -> usize {
         self.stripe_hasher.hash_one(key) as usize % WRITE_LOCK_STRIPES
     }
 
     /// The insert itself; the caller holds the key's stripe lock.
-    fn insert_locked(&self, key: &Key, entry: Arc<Entry>) -> Option<Arc<Entry>> {
-        self.shared.remember(key, &entry);
-
-        let mut evicted = Vec::new();
-        let replaced = match self
-            .cache
-            .entry(key, None, |_, resident| EntryAction::Retain(std::mem::replace(resident, entry.clone())))
-        {
-            EntryResult::Retained(old) => Some(old),
-            EntryResult::Vacant(guard) => {
-                // The placeholder can only be lost to a concurrent insert of the same key, which
-                // the stripe lock excludes, or a remove, after which this write simply loses.
-                if let Err(rejected) = guard.insert_with_lifecycle(entry, &mut evicted) {
-                    self.shared.forget(key, &rejected, EvictionReason::Replaced);
-                }
-                None
-            }
-            EntryResult::Removed(_, old) | EntryResult::Replaced(_, old) => Some(old),
-            EntryResult::Timeout => None,
-        };
-        if let Some(old) = &replaced {
-            self.shared.forget(key, old, EvictionReason::Replaced);
-        }
-        drop(evicted); // Evicted values are freed here, outside every lock.
-        replaced
+    fn insert_locked(&self, entry: Entry) -> Option<Entry> {
+        self.shared.remember(&entry);
+        // A plain insert, so that the slot's key handle is the new entry's too (an in-place
+        // value swap would leave the key pointing at, and keeping alive, the old allocation).
+        // The hook tells the entry it replaces from capacity evictions (see `Evicted`).
+        let mut evicted = Evicted { inserting: Some(entry.clone()), ..Evicted::default() };
+        self.cache.insert_with_lifecycle(KeyOf(entry.clone()), entry, &mut evicted);
+        evicted.replaced.take()
+        // Evicted values are freed as `evicted` drops, outside every lock.
     }
 
     /// Removes `key` whatever its version; returns the removed entry. Pending fills of the key
     /// are cancelled even when nothing was resident.
-    pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Arc<Entry>> {
+    pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Entry> {
         self.touch_for_restore(key);
-        self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
-        let (key, entry) = self.cache.remove(key)?;
-        self.shared.forget(&key, &entry, reason);
+        self.epochs[self.stripe_of(key.as_bytes())].fetch_add(1, Ordering::AcqRel);
+        let (_, entry) = self.cache.remove(key.as_bytes())?;
+        self.shared.forget(&entry, reason);
         Some(entry)
     }
 
     /// Removes `key` only if its resident entry is `version`; returns the removed entry.
-    pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Arc<Entry>> {
+    pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Entry> {
         self.touch_for_restore(key);
-        self.epochs[self.stripe_of(key)].fetch_add(1, Ordering::AcqRel);
-        let (key, entry) = self.cache.remove_if(key, |resident| resident.version() == version)?;
-        self.shared.forget(&key, &entry, reason);
+        self.epochs[self.stripe_of(key.as_bytes())].fetch_add(1, Ordering::AcqRel);
+        let (_, entry) = self.cache.remove_if(key.as_bytes(), |resident| resident.version() == version)?;
+        self.shared.forget(&entry, reason);
         Some(entry)
     }
 
     /// Removes every entry expired at `now_ms`; returns how many.
     pub fn remove_expired(&self, now_ms: u64) -> usize {
         let expired = RefCell::new(Vec::new());
-        self.cache.retain(|key, entry| {
+        self.cache.retain(|_, entry| {
             let keep = !entry.is_expired(now_ms);
             if !keep {
-                expired.borrow_mut().push((key.clone(), entry.clone()));
+                expired.borrow_mut().push(entry.clone());
             }
             keep
         });
         let expired = expired.into_inner();
-        for (key, entry) in &expired {
-            self.shared.forget(key, entry, EvictionReason::Expired);
+        for entry in &expired {
+            self.shared.forget(entry, EvictionReason::Expired);
         }
         expired.len()
     }
@@ -413,16 +403,20 @@ impl L1 {
         }
         self.clear_epoch.fetch_add(1, Ordering::AcqRel);
         let mut n_removed = 0;
-        for (key, entry) in self.cache.drain() {
-            self.shared.forget(&key, &entry, EvictionReason::Invalidated);
+        for (_, entry) in self.cache.drain() {
+            self.shared.forget(&entry, EvictionReason::Invalidated);
             n_removed += 1;
         }
         n_removed
     }
 
     /// Resident keys (with versions) that satisfy `predicate`.
-    pub fn keys_where(&self, mut predicate: impl FnMut(&Key) -> bool) -> Vec<(Key, u64)> {
-        self.cache.iter().filter(|(key, _)| predicate(key)).map(|(key, entry)| (key, entry.version())).collect()
+    pub fn keys_where(&self, mut predicate: impl FnMut(&str) -> bool) -> Vec<(Key, u64)> {
+        self.cache
+            .iter()
+            .filter(|(_, entry)| predicate(entry.key()))
+            .map(|(_, entry)| (Key::of_entry(&entry), entry.version()))
+            .collect()
     }
 
     /// Keys carrying `tag`, with the version of the entry that carries it.
@@ -447,7 +441,7 @@ impl L1 {
             .iter()
             .map(|(key, entry)| {
                 let reads = self.cache.item_stats(&key).map(|stats| stats.access_count).unwrap_or(0);
-                (reads, entry.cached_at_ms(), key, entry.version())
+                (reads, entry.cached_at_ms(), Key::of_entry(&entry), entry.version())
             })
             .collect();
         let count = count.min(ranked.len());
@@ -477,24 +471,28 @@ impl L1 {
 impl Shared {
     /// Accounts for an entry about to enter the cache: index records and bytes, added before
     /// the insert (see the module invariants); `forget` undoes exactly this.
-    fn remember(&self, key: &Key, entry: &Entry) {
-        for tag in entry.tags() {
-            self.tags.add(tag, key, entry.version());
-        }
-        for dependency in entry.depends_on() {
-            self.dependents.add(dependency, key, entry.version());
+    fn remember(&self, entry: &Entry) {
+        if let Some(names) = entry.names() {
+            for tag in &names.tags {
+                self.tags.add(tag, &names.key, entry.version());
+            }
+            for dependency in &names.depends_on {
+                self.dependents.add(dependency, &names.key, entry.version());
+            }
         }
         self.bytes.fetch_add(entry.size() as i64, Ordering::Relaxed);
     }
 
     /// Accounts for an entry that left the cache: bytes, index records, the eviction counter.
-    fn forget(&self, key: &Key, entry: &Entry, reason: EvictionReason) {
+    fn forget(&self, entry: &Entry, reason: EvictionReason) {
         self.bytes.fetch_sub(entry.size() as i64, Ordering::Relaxed);
-        for tag in entry.tags() {
-            self.tags.remove(tag, key, entry.version());
-        }
-        for dependency in entry.depends_on() {
-            self.dependents.remove(dependency, key, entry.version());
+        if let Some(names) = entry.names() {
+            for tag in &names.tags {
+                self.tags.remove(tag, &names.key, entry.version());
+            }
+            for dependency in &names.depends_on {
+                self.dependents.remove(dependency, &names.key, entry.version());
+            }
         }
         self.metrics.record_eviction(reason);
     }
@@ -513,9 +511,9 @@ impl EntryWeighter {
     }
 }
 
-impl Weighter<Key, Arc<Entry>> for EntryWeighter {
+impl Weighter<KeyOf, Entry> for EntryWeighter {
     #[inline]
-    fn weight(&self, _key: &Key, entry: &Arc<Entry>) -> u64 {
+    fn weight(&self, _key: &KeyOf, entry: &Entry) -> u64 {
         self.weight_of(entry.size())
     }
 }
@@ -527,12 +525,70 @@ struct Hooks {
     shared: Arc<Shared>,
 }
 
-impl Lifecycle<Key, Arc<Entry>> for Hooks {
-    type RequestState = Vec<Arc<Entry>>;
+impl Lifecycle<KeyOf, Entry> for Hooks {
+    type RequestState = Evicted;
 
-    fn on_evict(&self, state: &mut Self::RequestState, key: Key, entry: Arc<Entry>) {
-        self.shared.forget(&key, &entry, EvictionReason::Capacity);
-        state.push(entry);
+    fn on_evict(&self, state: &mut Evicted, _key: KeyOf, entry: Entry) {
+        match &state.inserting {
+            // The entry being inserted, refused as too heavy: its records are withdrawn.
+            Some(new) if new.version() == entry.version() => {
+                self.shared.forget(&entry, EvictionReason::Replaced);
+                state.capacity.push(entry);
+            }
+            // The resident entry of the key being written, which the insert replaced.
+            Some(new) if new.key_bytes() == entry.key_bytes() => {
+                self.shared.forget(&entry, EvictionReason::Replaced);
+                state.replaced = Some(entry);
+            }
+            _ => {
+                self.shared.forget(&entry, EvictionReason::Capacity);
+                state.capacity.push(entry);
+            }
+        }
+    }
+}
+
+/// What one cache call pushed out, collected under the shard lock and freed after it.
+#[derive(Default)]
+struct Evicted {
+    /// The entry a plain insert is storing: an eviction of its key is a replacement.
+    inserting: Option<Entry>,
+    replaced: Option<Entry>,
+    capacity: Vec<Entry>,
+}
+
+/// The cache's key: a second handle to the entry, hashed and compared as the entry's key
+/// bytes, so the key costs no allocation of its own. Lookups pass the key as `&[u8]`, whose
+/// `Hash` agrees with this one's (no UTF-8 check on the hot path).
+#[derive(Clone)]
+struct KeyOf(Entry);
+
+impl KeyOf {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        self.0.key_bytes()
+    }
+}
+
+impl PartialEq for KeyOf {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for KeyOf {}
+
+impl Hash for KeyOf {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for KeyOf {
+    #[inline]
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
@@ -553,6 +609,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::engine::entry::NewEntry;
 
     fn l1(max_entries: usize, max_bytes: u64) -> L1 {
         L1::new(&L1Config { max_entries: NonZeroUsize::new(max_entries).unwrap(), max_bytes }, Arc::new(Metrics::new()))
@@ -562,8 +619,8 @@ mod tests {
         Key::parse(raw, 512).unwrap()
     }
 
-    fn entry(key: &Key, value_len: usize, version: u64, tags: &[&str], deps: &[&str]) -> Arc<Entry> {
-        Arc::new(Entry::new(
+    fn entry(key: &Key, value_len: usize, version: u64, tags: &[&str], deps: &[&str]) -> Entry {
+        NewEntry::new(
             key,
             Bytes::from(vec![b'1'; value_len]),
             0,
@@ -571,7 +628,8 @@ mod tests {
             tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect(),
             deps.iter().map(|dep| Key::parse(dep, 512).unwrap()).collect(),
             version,
-        ))
+        )
+        .build()
     }
 
     #[test]
@@ -579,7 +637,7 @@ mod tests {
         let cache = l1(100, 1 << 30);
         for idx in 0..300 {
             let k = key(&format!("k{idx}"));
-            cache.insert(&k, entry(&k, 10, idx, &[], &[]));
+            cache.insert(entry(&k, 10, idx, &[], &[]));
             assert!(cache.len() <= 100);
         }
         assert!(cache.len() >= 90, "the cache fills up: {}", cache.len());
@@ -592,7 +650,7 @@ mod tests {
         for idx in 0..100 {
             let k = key(&format!("k{idx}"));
             version += 1;
-            cache.insert(&k, entry(&k, 4000, version, &["t"], &["dep"]));
+            cache.insert(entry(&k, 4000, version, &["t"], &["dep"]));
             assert!(cache.bytes() <= 64 * 1024, "{}", cache.bytes());
         }
         let resident: u64 = cache.cache.iter().map(|(_, entry)| entry.size() as u64).sum();
@@ -606,8 +664,8 @@ mod tests {
     fn replace_updates_indexes_and_bytes() {
         let cache = l1(100, 1 << 20);
         let k = key("k");
-        cache.insert(&k, entry(&k, 10, 1, &["old"], &["a"]));
-        let replaced = cache.insert(&k, entry(&k, 20, 2, &["new"], &["b"]));
+        cache.insert(entry(&k, 10, 1, &["old"], &["a"]));
+        let replaced = cache.insert(entry(&k, 20, 2, &["new"], &["b"]));
         assert_eq!(replaced.map(|old| old.version()), Some(1));
         assert!(cache.tagged("old").is_empty());
         assert!(cache.dependents("a").is_empty());
@@ -620,11 +678,34 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_entry_is_released_with_its_key_handle() {
+        let cache = l1(100, 1 << 20);
+        let k = key("k");
+        let old = entry(&k, 10, 1, &[], &[]);
+        cache.insert(old.clone());
+        assert_eq!(old.handles(), 3, "ours, the slot's key and the slot's value");
+        let replaced = cache.insert(entry(&k, 20, 2, &[], &[])).expect("the old entry comes back");
+        assert_eq!(replaced.version(), 1);
+        drop(replaced);
+        assert_eq!(old.handles(), 1, "neither the key nor the value of the slot holds the old entry");
+        assert_eq!(cache.peek("k").unwrap().version(), 2);
+        assert_eq!(cache.shared.metrics.evictions(EvictionReason::Capacity), 0, "a replacement is no eviction");
+
+        // Too heavy for its shard: refused, the old entry is gone, and nothing is kept.
+        let huge = entry(&k, 2 << 20, 3, &["t"], &[]);
+        let replaced = cache.insert(huge.clone()).expect("the resident entry was replaced");
+        assert_eq!(replaced.version(), 2);
+        assert!(cache.peek("k").is_none());
+        assert_eq!(huge.handles(), 1);
+        assert_eq!((cache.bytes(), cache.index_sizes()), (0, (0, 0)));
+    }
+
+    #[test]
     fn conditional_remove_spares_a_newer_version() {
         let cache = l1(100, 1 << 20);
         let k = key("k");
-        cache.insert(&k, entry(&k, 10, 1, &["t"], &[]));
-        cache.insert(&k, entry(&k, 10, 2, &["t"], &[]));
+        cache.insert(entry(&k, 10, 1, &["t"], &[]));
+        cache.insert(entry(&k, 10, 2, &["t"], &[]));
         assert!(cache.remove_version("k", 1, EvictionReason::Expired).is_none());
         assert_eq!(cache.tagged("t"), vec![(k.clone(), 2)]);
         assert!(cache.remove_version("k", 2, EvictionReason::Expired).is_some());
@@ -636,7 +717,7 @@ mod tests {
         let cache = l1(64, 1 << 30);
         for idx in 0..640u64 {
             let k = key(&format!("k{idx}"));
-            cache.insert(&k, entry(&k, 10, idx + 1, &["all"], &["root"]));
+            cache.insert(entry(&k, 10, idx + 1, &["all"], &["root"]));
         }
         assert_eq!(cache.tagged("all").len(), cache.len());
         assert_eq!(cache.dependents("root").len(), cache.len());
@@ -651,7 +732,7 @@ mod tests {
         let mut put = |name: String| {
             version += 1;
             let k = key(&name);
-            cache.insert(&k, entry(&k, 10, version, &[], &[]));
+            cache.insert(entry(&k, 10, version, &[], &[]));
         };
         for idx in 0..32 {
             put(format!("hot{idx}"));
@@ -676,7 +757,7 @@ mod tests {
         let cache = l1(100, 1 << 20);
         for (version, name) in ["a", "b", "c"].iter().enumerate() {
             let k = key(name);
-            cache.insert(&k, entry(&k, 10, version as u64 + 1, &[], &[]));
+            cache.insert(entry(&k, 10, version as u64 + 1, &[], &[]));
         }
         cache.get("a");
         cache.get("a");
@@ -689,9 +770,9 @@ mod tests {
     fn sweep_removes_only_expired_entries() {
         let cache = l1(100, 1 << 20);
         let fresh = key("fresh");
-        cache.insert(&fresh, entry(&fresh, 10, 1, &["t"], &[]));
+        cache.insert(entry(&fresh, 10, 1, &["t"], &[]));
         let short = key("short");
-        let short_entry = Arc::new(Entry::new(
+        let short_entry = NewEntry::new(
             &short,
             Bytes::from_static(b"1"),
             0,
@@ -699,8 +780,9 @@ mod tests {
             Box::new([Tag::parse("t").unwrap()]),
             Box::new([]),
             2,
-        ));
-        cache.insert(&short, short_entry);
+        )
+        .build();
+        cache.insert(short_entry);
         assert_eq!(cache.remove_expired(1_000), 1);
         assert!(cache.peek("short").is_none());
         assert!(cache.peek("fresh").is_some());
@@ -713,26 +795,26 @@ mod tests {
         let k = key("k");
         let token = cache.fill_token("k");
         cache.remove("k", EvictionReason::Invalidated); // Nothing resident: still cancels the fill.
-        assert!(!cache.insert_fill(&k, entry(&k, 10, 1, &[], &[]), token, 0));
+        assert!(!cache.insert_fill(entry(&k, 10, 1, &[], &[]), token, 0));
         assert!(cache.peek("k").is_none());
 
         let token = cache.fill_token("k");
-        cache.insert(&k, entry(&k, 10, 2, &[], &[]));
-        assert!(!cache.insert_fill(&k, entry(&k, 10, 3, &[], &[]), token, 0));
+        cache.insert(entry(&k, 10, 2, &[], &[]));
+        assert!(!cache.insert_fill(entry(&k, 10, 3, &[], &[]), token, 0));
         assert_eq!(cache.peek("k").unwrap().version(), 2, "the write wins over the older fill");
 
         let other = key("other");
         let token = cache.fill_token("other");
         cache.clear();
-        assert!(!cache.insert_fill(&other, entry(&other, 10, 4, &[], &[]), token, 0));
+        assert!(!cache.insert_fill(entry(&other, 10, 4, &[], &[]), token, 0));
 
         let token = cache.fill_token("other");
-        assert!(cache.insert_fill(&other, entry(&other, 10, 5, &[], &[]), token, 0));
+        assert!(cache.insert_fill(entry(&other, 10, 5, &[], &[]), token, 0));
         assert_eq!(cache.peek("other").unwrap().version(), 5);
 
         let token = cache.fill_token("other");
-        assert!(!cache.insert_fill(&other, entry(&other, 10, 6, &[], &[]), token, 59_999), "a fresh copy stays");
-        assert!(cache.insert_fill(&other, entry(&other, 10, 7, &[], &[]), token, 60_000), "a stale copy is replaced");
+        assert!(!cache.insert_fill(entry(&other, 10, 6, &[], &[]), token, 59_999), "a fresh copy stays");
+        assert!(cache.insert_fill(entry(&other, 10, 7, &[], &[]), token, 60_000), "a stale copy is replaced");
         assert_eq!(cache.peek("other").unwrap().version(), 7);
     }
 
