@@ -8,6 +8,7 @@ mod cluster;
 mod contract;
 mod entries;
 mod errors;
+mod faults;
 mod fuzz;
 mod harness;
 mod invalidation;

@@ -4,8 +4,10 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 mod origin;
+mod proxy;
 
 pub use self::origin::{Reply, TestOrigin};
+pub use self::proxy::{Fault, FaultProxy};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -351,6 +353,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// `port` is a TLS port (and the plain port is off).
     tls: bool,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -360,9 +364,9 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `--requirepass`).
     pub async fn start_with(extra: &[&str]) -> RedisServer {
-        let mut server =
-            RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), tls: false };
-        server.spawn_with(extra).await;
+        let mut server = RedisServer::unstarted(free_port());
+        server.extra = extra.iter().map(|arg| arg.to_string()).collect();
+        server.spawn().await;
         server
     }
 
@@ -419,17 +423,22 @@ impl RedisServer {
         self.spawn().await;
     }
 
-    async fn spawn(&mut self) {
-        self.spawn_with(&[]).await;
+    fn unstarted(port: u16) -> RedisServer {
+        RedisServer { child: None, port, dir: tempfile::tempdir().expect("a temp dir"), tls: false, extra: Vec::new() }
     }
 
-    async fn spawn_with(&mut self, extra: &[&str]) {
+    /// The pid of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    async fn spawn(&mut self) {
         let port = self.port.to_string();
         let ports: &[&str] = if self.tls { &["--port", "0", "--tls-port", &port] } else { &["--port", &port] };
         let child = Command::new("redis-server")
             .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(extra)
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -457,7 +466,15 @@ impl TestApp {
     /// An instance using `redis` as L2, with a fast breaker so outage tests stay short, and a
     /// timeout generous enough for a loaded 2-core machine running tests in parallel.
     pub async fn spawn_with_redis(redis: &RedisServer, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        let url = redis.url();
+        TestApp::spawn_with_redis_at(redis, redis.url(), configure).await
+    }
+
+    /// [`TestApp::spawn_with_redis`] reaching `redis` through `url` (a [`FaultProxy`]).
+    pub async fn spawn_with_redis_at(
+        redis: &RedisServer,
+        url: String,
+        configure: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let app = TestApp::spawn(move |settings| {
             settings.l2.url = tiercache::config::Secret(url);
             settings.l2.breaker_failures = 2;
@@ -517,8 +534,9 @@ impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for port in cluster_ports(3) {
-            let mut node = RedisServer { child: None, port, dir: tempfile::tempdir().expect("a temp dir"), tls: false };
-            node.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await;
+            let mut node = RedisServer::unstarted(port);
+            node.extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"].map(String::from).to_vec();
+            node.spawn().await;
             nodes.push(node);
         }
         let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
@@ -605,8 +623,7 @@ pub struct TlsRedisServer {
 
 impl TlsRedisServer {
     pub async fn start() -> TlsRedisServer {
-        let mut server =
-            RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("a temp dir"), tls: false };
+        let mut server = RedisServer::unstarted(free_port());
         let dir = server.dir.path().to_path_buf();
         let openssl = |args: &[&str]| {
             let status = Command::new("openssl")
@@ -658,18 +675,11 @@ impl TlsRedisServer {
         let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
         let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
         server.tls = true;
-        server
-            .spawn_with(&[
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-ca-cert-file",
-                &ca,
-                "--tls-auth-clients",
-                "no",
-            ])
-            .await;
+        server.extra =
+            ["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"]
+                .map(String::from)
+                .to_vec();
+        server.spawn().await;
         TlsRedisServer { ca_file: dir.join("ca.crt"), server }
     }
 

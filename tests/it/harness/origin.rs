@@ -58,6 +58,9 @@ struct OriginState {
     order: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Percent of requests answered 500 whatever the reply says (0 = none).
+    failure_percent: AtomicUsize,
+    requests: AtomicUsize,
 }
 
 pub struct TestOrigin {
@@ -91,6 +94,11 @@ impl TestOrigin {
     /// How every key without its own reply is answered from now on.
     pub fn set_default(&self, reply: Reply) {
         *self.state.fallback.lock().unwrap() = reply;
+    }
+
+    /// From now on `percent` of all requests, spread evenly, fail with 500.
+    pub fn set_failure_percent(&self, percent: usize) {
+        self.state.failure_percent.store(percent.min(100), Ordering::SeqCst);
     }
 
     /// Requests received for `key` (as the origin decoded it).
@@ -128,8 +136,14 @@ async fn answer(State(state): State<Arc<OriginState>>, Path(key): Path<String>) 
     };
     state.order.lock().unwrap().push(key.clone());
     let in_flight = InFlight::enter(state.clone());
-    let reply =
+    let mut reply =
         state.replies.lock().unwrap().get(&key).cloned().unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+    // Request n fails when n * percent / 100 steps up: evenly spread, no randomness.
+    let n = state.requests.fetch_add(1, Ordering::SeqCst);
+    let percent = state.failure_percent.load(Ordering::SeqCst);
+    if (n + 1) * percent / 100 != n * percent / 100 {
+        reply = Reply { status: 500, body: Some(r#"{"error":"injected"}"#.into()), ..reply };
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
