@@ -31,8 +31,8 @@ use crate::engine::warm::Warmer;
 use crate::engine::{Clock, Engine};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::tasks;
 use crate::tasks::warmer::StartLoad;
+use crate::tasks::{self, Supervisor, TaskHealth};
 
 /// How long shutdown waits for background tasks after cancelling them.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +49,7 @@ pub struct App {
     persistence: Option<Arc<Persistence>>,
     server: JoinHandle<std::io::Result<()>>,
     shutdown_grace: Duration,
+    task_health: Arc<TaskHealth>,
 }
 
 impl App {
@@ -69,16 +70,20 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(tasks::sweeper::run(engine.clone(), settings.cleanup_interval(), shutdown.clone()));
-        tasks.spawn(tasks::metrics_reporter::run(engine.clone(), settings.metrics_interval(), shutdown.clone()));
+        let supervisor = Supervisor::new(tasks.clone(), shutdown.clone());
+        supervisor.spawn("sweeper", tasks::sweeper::run(engine.clone(), settings.cleanup_interval(), shutdown.clone()));
+        supervisor.spawn(
+            "metrics_reporter",
+            tasks::metrics_reporter::run(engine.clone(), settings.metrics_interval(), shutdown.clone()),
+        );
         if engine.has_l2() {
             tracing::info!("l2 connecting in the background");
-            tasks.spawn(tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
-            tasks.spawn(tasks::subscriber::run(engine.clone(), shutdown.clone()));
+            supervisor.spawn("l2_monitor", tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
+            supervisor.spawn("subscriber", tasks::subscriber::run(engine.clone(), shutdown.clone()));
         }
         if engine.has_origin() {
             for _ in 0..settings.prefetch_workers() {
-                tasks.spawn(tasks::prefetch::run(engine.clone(), shutdown.clone()));
+                supervisor.spawn("prefetch", tasks::prefetch::run(engine.clone(), shutdown.clone()));
             }
         }
 
@@ -106,14 +111,17 @@ impl App {
             trigger: warm_trigger.clone(),
             ready: ready.clone(),
         };
-        tasks.spawn(warmer_task.run(start, shutdown.clone()));
+        supervisor.spawn("warmer", warmer_task.run(start, shutdown.clone()));
         if let Some(persistence) = &persistence {
-            tasks.spawn(tasks::snapshotter::run(
-                engine.clone(),
-                persistence.clone(),
-                settings.persistence_interval(),
-                shutdown.clone(),
-            ));
+            supervisor.spawn(
+                "snapshotter",
+                tasks::snapshotter::run(
+                    engine.clone(),
+                    persistence.clone(),
+                    settings.persistence_interval(),
+                    shutdown.clone(),
+                ),
+            );
         }
         let server_config = settings.server_config();
         let state = AppState::new(http::Shared {
@@ -129,6 +137,7 @@ impl App {
             warm_trigger,
             persistence: persistence.clone(),
             auth: http::Auth::new(&settings.auth_config()),
+            tasks: supervisor.health(),
         });
 
         let listen = settings.listen_addr();
@@ -162,6 +171,7 @@ impl App {
             persistence,
             server,
             shutdown_grace: server_config.shutdown_grace,
+            task_health: supervisor.health(),
         })
     }
 
@@ -171,6 +181,12 @@ impl App {
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    /// The background tasks' health (`/health` reports dead ones); tests abort tasks through
+    /// it to check that a death is noticed.
+    pub fn task_health(&self) -> &TaskHealth {
+        &self.task_health
     }
 
     /// Stops the service in the order documented at the top of this module.

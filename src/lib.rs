@@ -20,3 +20,4 @@ pub(crate) mod tasks;
 pub use app::App;
 pub use config::Settings;
 pub use http::router_for_tests;
+pub use tasks::TaskHealth;

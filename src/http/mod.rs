@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// `None` when `persistence.path` is empty.
     pub persistence: Option<Arc<Persistence>>,
     pub auth: auth::Auth,
+    /// Which background tasks died; `/health` reports them.
+    pub tasks: Arc<crate::tasks::TaskHealth>,
 }
 
 impl std::ops::Deref for AppState {
@@ -128,6 +130,7 @@ fn state_for_tests(settings: &Settings) -> AppState {
         warm_trigger: Arc::new(Notify::new()),
         persistence: settings.persistence_path().map(|path| Arc::new(Persistence::new(path))),
         auth: auth::Auth::new(&settings.auth_config()),
+        tasks: Arc::default(),
     })
 }
 

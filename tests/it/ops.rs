@@ -48,6 +48,21 @@ async fn health_and_ready() {
 }
 
 #[tokio::test]
+async fn a_dead_background_task_turns_health_to_503_naming_it() {
+    let redis = crate::harness::RedisServer::start().await;
+    let app = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    assert_eq!(app.abort_task("subscriber"), 1, "the subscriber runs under that name");
+    crate::harness::eventually("/health reports the dead task", || async { app.get("/health").await.status == 503 })
+        .await;
+    let body = app.get("/health").await.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["dead_tasks"], json!(["subscriber"]));
+    assert_eq!(body["l2"], "up", "the other fields stay");
+    app.get("/api/cache/anything").await.assert_status(404); // The service still answers.
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_generated_instance_id_is_hostname_and_suffix() {
     let app = TestApp::spawn(|_| {}).await;
     let id = app.get("/health").await.json()["instance_id"].as_str().unwrap().to_string();

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -13,14 +13,22 @@ use crate::engine::clock::rfc3339;
 use crate::http::error::ApiError;
 use crate::http::AppState;
 
+/// 200 `"status":"ok"`; 503 `"status":"degraded"` with `dead_tasks` once a background task
+/// has died (a dead subscriber or sweeper is a broken instance that should be restarted).
+/// L2 being down is not unhealthy: the service keeps serving from L1 and the origin.
 pub async fn health(State(state): State<AppState>) -> Response {
-    Json(json!({
-        "status": "ok",
+    let dead = state.tasks.dead();
+    let mut body = json!({
+        "status": if dead.is_empty() { "ok" } else { "degraded" },
         "l2": state.engine.l2_status().as_str(),
         "instance_id": state.instance_id,
         "uptime_secs": state.started.elapsed().as_secs(),
-    }))
-    .into_response()
+    });
+    if dead.is_empty() {
+        return Json(body).into_response();
+    }
+    body["dead_tasks"] = json!(dead);
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -84,6 +84,11 @@ impl TestApp {
         TestResponse::from(request.send().await.expect("request reaches the test server")).await
     }
 
+    /// Aborts the instance's background tasks called `name`, as a crash would; returns how many.
+    pub fn abort_task(&self, name: &str) -> usize {
+        self.app.as_ref().expect("running").task_health().abort(name)
+    }
+
     /// Stops the instance the way a signal would.
     pub async fn shutdown(mut self) {
         if let Some(app) = self.app.take() {
