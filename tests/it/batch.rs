@@ -17,7 +17,7 @@ async fn batch_set_then_batch_get() {
             ]}),
         )
         .await;
-    assert_eq!(response.json(), json!({"success": true, "stored": 3}));
+    assert_eq!(response.json(), json!({"success": true, "stored": 3, "l2": "disabled"}));
 
     let response = app.post("/api/cache/batch/get", json!({"keys": ["a", "b", "missing", "a", "c"]})).await;
     response.assert_status(200);
@@ -47,7 +47,7 @@ async fn empty_batches_are_fine() {
     let app = TestApp::spawn(|_| {}).await;
     assert_eq!(
         app.post("/api/cache/batch/set", json!({"entries": []})).await.json(),
-        json!({"success": true, "stored": 0})
+        json!({"success": true, "stored": 0, "l2": "disabled"})
     );
     assert_eq!(
         app.post("/api/cache/batch/get", json!({"keys": []})).await.json(),

@@ -88,8 +88,11 @@ async fn behind_a_blackholed_redis_requests_wait_one_timeout_at_most_and_the_ser
         app.get(&format!("/api/cache/elsewhere{attempt}")).await.assert_status(404);
         let response = app.put(&format!("w{attempt}"), json!({"value": attempt})).await;
         assert_eq!(response.json()["l2"], "unavailable");
+        let batch = json!({"entries": [{"key": format!("b{attempt}"), "value": attempt}]});
+        let response = app.post("/api/cache/batch/set", batch).await;
+        assert_eq!(response.json()["l2"], "unavailable", "a batch says so as a PUT does");
         let waited = started.elapsed();
-        assert!(waited < 2 * TIMEOUT + MARGIN, "attempt {attempt}: a read and a write took {waited:?}");
+        assert!(waited < 3 * TIMEOUT + MARGIN, "attempt {attempt}: a read and two writes took {waited:?}");
     }
     app.wait_for_l2("down").await;
     assert!(proxy.accepted() >= 2, "the service's data and pub/sub connections go through the proxy");
@@ -100,6 +103,8 @@ async fn behind_a_blackholed_redis_requests_wait_one_timeout_at_most_and_the_ser
         app.put("after", json!({"value": 2})).await.json()["l2"] == "stored"
     })
     .await;
+    let batch = json!({"entries": [{"key": "batched", "value": 3}]});
+    assert_eq!(app.post("/api/cache/batch/set", batch).await.json()["l2"], "stored");
     let stored: Option<Vec<u8>> = redis::cmd("GET").arg("tiercache:k:after").query(&mut redis.client()).unwrap();
     assert!(stored.is_some(), "the write reached Redis through the healed proxy");
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{optional_whole_number, present_raw, whole_number};
-use crate::engine::{Invalidation, Key, ValidWrite, WriteRequest};
+use crate::engine::{Invalidation, Key, L2Write, ValidWrite, WriteRequest};
 use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::render;
@@ -107,8 +107,11 @@ pub async fn batch_set(
         writes.push(write);
     }
     let stored = writes.len();
-    state.engine.set_many(writes).await?;
-    Ok(Json(json!({ "success": true, "stored": stored })).into_response())
+    let outcomes = state.engine.set_many(writes).await?;
+    // One pipeline for the batch: every entry has the same L2 outcome, as PUT reports it.
+    let nothing_to_store = if state.engine.has_l2() { L2Write::Stored } else { L2Write::Disabled };
+    let l2 = outcomes.first().map_or(nothing_to_store, |outcome| outcome.l2);
+    Ok(Json(json!({ "success": true, "stored": stored, "l2": l2.as_str() })).into_response())
 }
 
 #[derive(Deserialize)]
