@@ -69,7 +69,7 @@ impl L1Bench {
 pub fn restore_snapshot(path: &Path, entries: usize) -> u64 {
     let config = EngineConfig::for_tests(entries * 2, (entries as u64).saturating_mul(1024).max(1 << 20));
     let engine = Engine::new(config, "bench".into(), Arc::new(Metrics::new()), Clock::new());
-    engine.restore_snapshot(path).expect("snapshot restored").restored
+    engine.restore_snapshot(path, |_| crate::engine::snapshot::L2Check::Skip).expect("snapshot restored").restored
 }
 
 /// Redis glob matching, as pattern invalidation uses it.

@@ -253,6 +253,10 @@ pub struct Engine {
     /// Number of the last invalidation message this instance published.
     last_seq: AtomicU64,
     peers: SequenceTracker,
+    /// True once the subscriber has subscribed to the invalidation channel (with L2): from
+    /// then on every change another instance makes reaches this one. A snapshot restore waits
+    /// for it before checking its entries against L2 (`snapshot.rs`).
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Engine {
@@ -276,7 +280,19 @@ impl Engine {
             next_version: AtomicU64::new(1),
             last_seq: AtomicU64::new(0),
             peers: SequenceTracker::new(),
+            subscribed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Called by the subscriber each time it has subscribed.
+    pub fn mark_subscribed(&self) {
+        self.subscribed.send_replace(true);
+    }
+
+    /// Waits up to `limit` for the first subscription; true when it is there.
+    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
+        let mut subscribed = self.subscribed.subscribe();
+        tokio::time::timeout(limit, subscribed.wait_for(|subscribed| *subscribed)).await.is_ok_and(|seen| seen.is_ok())
     }
 
     pub fn has_l2(&self) -> bool {

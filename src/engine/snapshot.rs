@@ -16,8 +16,17 @@
 //! from a truncated, corrupt or foreign file), then the records, each inserted into L1 unless
 //! expired, or unless a client wrote, removed or cleared the key, or invalidated a pattern, tag
 //! or dependency covering it, since the restore began (`L1::insert_restored`; the record
-//! starts before the server answers). Restored entries go to L1 only: L2 is shared and may hold newer
-//! values. Remembered 404s are not written.
+//! starts before the server answers). Restored entries go to L1 only. Remembered 404s are not
+//! written.
+//!
+//! With L2, the snapshot may be older than what other instances wrote while this one was down,
+//! and their messages about it were missed. So each record is checked against L2 before it is
+//! restored, after the subscriber has subscribed (from then on every change reaches this
+//! instance, and one that lands between the check and the insert is recorded by the restore's
+//! tracker and wins): only an entry L2 still holds, same write (`cached_at`) and same bytes, is
+//! restored. An entry L2 lost, or holds in another version, is `outdated`. When L2 cannot be
+//! asked (not subscribed within [`SUBSCRIBE_WAIT`], or a check fails), the rest of the file is
+//! `unchecked` and not restored: a warm L1 is not worth serving a value that may be overwritten.
 //!
 //! Blocking file I/O: callers run these on a blocking thread.
 
@@ -26,7 +35,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3Default;
@@ -44,6 +53,10 @@ const END: u8 = 0;
 const MAX_NAME_LEN: u32 = 1 << 20;
 const MAX_VALUE_LEN: u32 = 1 << 30;
 const MAX_NAMES: u32 = 1 << 16;
+/// How long a restore waits for the invalidation subscription before it gives up checking.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+/// Records checked against L2 per MGET.
+const CHECK_BATCH: usize = 256;
 
 /// What a written snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +77,20 @@ pub struct RestoreStats {
     pub superseded: u64,
     /// Records this build cannot take (a key or tag over today's limits).
     pub rejected: u64,
+    /// L2 no longer holds this write of the key: changed or removed while this instance was down.
+    pub outdated: u64,
+    /// Not restored because L2 could not be asked.
+    pub unchecked: u64,
+}
+
+/// How a restore checks its records against L2 (see the module docs).
+pub enum L2Check {
+    /// No L2: the snapshot is the only copy.
+    Skip,
+    /// Ask L2, from the restore's blocking thread through this runtime.
+    Ask(tokio::runtime::Handle),
+    /// L2 is configured but cannot be asked: nothing is restored.
+    Unreachable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +149,21 @@ impl Persistence {
     pub async fn restore(&self, engine: &Arc<Engine>) -> Option<RestoreStats> {
         let (worker, path) = (engine.clone(), self.path.clone());
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || worker.restore_snapshot(&path))
+        let runtime = tokio::runtime::Handle::current();
+        // Called once the file is known to be good: a bad file is reported without waiting for L2.
+        let check = move |engine: &Engine| {
+            if !engine.has_l2() {
+                L2Check::Skip
+            } else if runtime.block_on(engine.wait_subscribed(SUBSCRIBE_WAIT)) {
+                L2Check::Ask(runtime)
+            } else {
+                tracing::warn!(
+                    "l2 unreachable: the snapshot cannot be checked against newer writes and is not restored"
+                );
+                L2Check::Unreachable
+            }
+        };
+        let result = tokio::task::spawn_blocking(move || worker.restore_snapshot(&path, check))
             .await
             .unwrap_or_else(|err| Err(SnapshotError::Io(std::io::Error::other(err.to_string()))));
         match result {
@@ -132,6 +173,8 @@ impl Persistence {
                     expired = stats.expired,
                     superseded = stats.superseded,
                     rejected = stats.rejected,
+                    outdated = stats.outdated,
+                    unchecked = stats.unchecked,
                     duration_ms = started.elapsed().as_millis() as u64,
                     "snapshot restored"
                 );
@@ -216,12 +259,18 @@ impl Engine {
     ///
     /// # Errors
     /// A missing, truncated, corrupt or foreign file; nothing was applied then.
-    pub fn restore_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
+    /// `check` says, once the file has been verified, how records are checked against L2.
+    pub fn restore_snapshot(
+        &self,
+        path: &Path,
+        check: impl FnOnce(&Engine) -> L2Check,
+    ) -> Result<RestoreStats, SnapshotError> {
         self.begin_restore();
         let result = verify(path).and_then(|records| {
+            let check = check(self);
             // Growing the map one rehash at a time is a third of a large restore's cost.
             self.l1.reserve(records);
-            self.apply_snapshot(path)
+            self.apply_snapshot(path, &check)
         });
         self.l1.end_restore();
         result
@@ -233,15 +282,20 @@ impl Engine {
         self.l1.begin_restore();
     }
 
-    fn apply_snapshot(&self, path: &Path) -> Result<RestoreStats, SnapshotError> {
+    fn apply_snapshot(&self, path: &Path, check: &L2Check) -> Result<RestoreStats, SnapshotError> {
         let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
         input.seek(SeekFrom::Start(HEADER_LEN))?;
         let mut stats = RestoreStats::default();
         let now_ms = self.clock.now_ms();
         let mut scratch = Vec::with_capacity(256); // The key of the record being read.
+        let mut batch: Vec<(Key, Entry)> = Vec::with_capacity(CHECK_BATCH);
+        let mut l2_answers = !matches!(check, L2Check::Unreachable);
         loop {
             match read_u8(&mut input)? {
-                END => return Ok(stats),
+                END => {
+                    self.restore_batch(std::mem::take(&mut batch), check, &mut l2_answers, &mut stats);
+                    return Ok(stats);
+                }
                 RECORD => {}
                 _ => return Err(SnapshotError::Corrupt("unknown record type")),
             }
@@ -265,14 +319,65 @@ impl Engine {
             } else if !self.l1.fits(entry.size()) {
                 stats.rejected += 1;
             } else {
-                match self.l1.insert_restored(entry) {
-                    Restored::Inserted => stats.restored += 1,
-                    Restored::Superseded => stats.superseded += 1,
-                    Restored::Invalidated => {
-                        // Dependents restored before it must go the way the cascade would have sent them.
-                        self.remove_from_l1_with_cascade(vec![key]);
-                        stats.superseded += 1;
+                batch.push((key, entry));
+                if batch.len() == CHECK_BATCH {
+                    self.restore_batch(std::mem::take(&mut batch), check, &mut l2_answers, &mut stats);
+                }
+            }
+        }
+    }
+
+    /// Inserts the entries of `batch` that L2 confirms (all of them without L2). After one
+    /// failed check, `l2_answers` is false and the rest is counted unchecked.
+    fn restore_batch(
+        &self,
+        batch: Vec<(Key, Entry)>,
+        check: &L2Check,
+        l2_answers: &mut bool,
+        stats: &mut RestoreStats,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let current: Vec<bool> = match (check, self.l2.as_ref()) {
+            (L2Check::Ask(runtime), Some(l2)) if *l2_answers => {
+                let keys: Vec<&str> = batch.iter().map(|(key, _)| key.as_str()).collect();
+                match runtime.block_on(l2.get_many(&keys)) {
+                    Ok(found) => batch
+                        .iter()
+                        .zip(found)
+                        .map(|((_, entry), held)| {
+                            held.is_some_and(|held| {
+                                held.cached_at_ms == entry.cached_at_ms() && held.value[..] == *entry.value()
+                            })
+                        })
+                        .collect(),
+                    Err(err) => {
+                        tracing::warn!(%err, "l2 failed during the snapshot check: the rest is not restored");
+                        *l2_answers = false;
+                        stats.unchecked += batch.len() as u64;
+                        return;
                     }
+                }
+            }
+            (L2Check::Skip, _) => vec![true; batch.len()],
+            _ => {
+                stats.unchecked += batch.len() as u64;
+                return;
+            }
+        };
+        for ((key, entry), current) in batch.into_iter().zip(current) {
+            if !current {
+                stats.outdated += 1;
+                continue;
+            }
+            match self.l1.insert_restored(entry) {
+                Restored::Inserted => stats.restored += 1,
+                Restored::Superseded => stats.superseded += 1,
+                Restored::Invalidated => {
+                    // Dependents restored before it must go the way the cascade would have sent them.
+                    self.remove_from_l1_with_cascade(vec![key]);
+                    stats.superseded += 1;
                 }
             }
         }
@@ -519,7 +624,7 @@ mod tests {
         assert!(!tmp_path(&path).exists());
 
         let target = engine();
-        let stats = target.restore_snapshot(&path).unwrap();
+        let stats = target.restore_snapshot(&path, |_| L2Check::Skip).unwrap();
         assert_eq!(stats, RestoreStats { restored: 3, ..RestoreStats::default() });
         assert_eq!(contents(&target), contents(&source));
         assert_eq!(target.l1.tagged("t1").len(), 2, "indexes are rebuilt");
@@ -550,7 +655,7 @@ mod tests {
             tags: vec!["gone".into()],
         };
         target.invalidate(&invalidation).await.unwrap();
-        let stats = target.restore_snapshot(&path).unwrap();
+        let stats = target.restore_snapshot(&path, |_| L2Check::Skip).unwrap();
         // A dependent met before its invalidated dependency is restored, then cascaded away.
         assert_eq!(stats.restored + stats.superseded, 7);
         assert_eq!(target.l1.len(), 1, "only the rewrite is left");
@@ -572,22 +677,25 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let target = engine();
 
-        assert!(matches!(target.restore_snapshot(&dir.path().join("none")), Err(SnapshotError::Missing)));
+        assert!(matches!(
+            target.restore_snapshot(&dir.path().join("none"), |_| L2Check::Skip),
+            Err(SnapshotError::Missing)
+        ));
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-        assert!(target.restore_snapshot(&path).is_err(), "truncated");
+        assert!(target.restore_snapshot(&path, |_| L2Check::Skip).is_err(), "truncated");
         for position in [3, 20, good.len() / 2, good.len() - 1] {
             let mut flipped = good.clone();
             flipped[position] ^= 0x01;
             std::fs::write(&path, &flipped).unwrap();
-            assert!(target.restore_snapshot(&path).is_err(), "flipped byte at {position}");
+            assert!(target.restore_snapshot(&path, |_| L2Check::Skip).is_err(), "flipped byte at {position}");
         }
         let mut future = good.clone();
         future[6..8].copy_from_slice(&2u16.to_le_bytes());
         std::fs::write(&path, &future).unwrap();
-        assert!(matches!(target.restore_snapshot(&path), Err(SnapshotError::Version(2))));
+        assert!(matches!(target.restore_snapshot(&path, |_| L2Check::Skip), Err(SnapshotError::Version(2))));
         assert_eq!(target.l1.len(), 0, "nothing applied from a bad file");
         std::fs::write(&path, &good).unwrap();
-        assert_eq!(target.restore_snapshot(&path).unwrap().restored, 50);
+        assert_eq!(target.restore_snapshot(&path, |_| L2Check::Skip).unwrap().restored, 50);
     }
 
     #[tokio::test]
@@ -600,8 +708,23 @@ mod tests {
         source.write_snapshot(&path).unwrap();
         let target = engine();
         target.clock.advance_ms(2_000);
-        let stats = target.restore_snapshot(&path).unwrap();
+        let stats = target.restore_snapshot(&path, |_| L2Check::Skip).unwrap();
         assert_eq!((stats.restored, stats.expired), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_restored_when_l2_cannot_be_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let source = engine();
+        for idx in 0..300 {
+            put(&source, &format!("k{idx}"), "1", 60, &[], &[]).await;
+        }
+        source.write_snapshot(&path).unwrap();
+        let target = engine();
+        let stats = target.restore_snapshot(&path, |_| L2Check::Unreachable).unwrap();
+        assert_eq!((stats.restored, stats.unchecked), (0, 300));
+        assert_eq!(target.l1.len(), 0);
     }
 
     proptest! {

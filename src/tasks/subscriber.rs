@@ -37,6 +37,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
         };
         backoff.reset();
         engine.take_l2_outage_seen();
+        engine.mark_subscribed();
         if was_subscribed {
             tracing::info!(channel, "invalidation subscription re-established");
             engine.on_resubscribed();

@@ -327,3 +327,31 @@ async fn a_password_protected_redis_is_reached_with_redis_password() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restart_restores_only_what_l2_still_holds_from_its_snapshot() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.snapshot").display().to_string();
+    let with_snapshot = |path: String| move |s: &mut tiercache::Settings| s.persistence.path = path;
+    let a = TestApp::spawn_with_redis(&redis, with_snapshot(path.clone())).await;
+    let b = TestApp::spawn_with_redis(&redis, |_| {}).await;
+    for key in ["kept", "rewritten", "deleted"] {
+        a.put(key, json!({"value": 1})).await.assert_status(200);
+    }
+    a.shutdown().await; // The final snapshot holds all three.
+                        // While a is down, b changes two of them; a never hears of it.
+    b.put("rewritten", json!({"value": 2})).await.assert_status(200);
+    b.delete("/api/cache/deleted").await.assert_status(200);
+
+    let a = TestApp::spawn_with_redis(&redis, with_snapshot(path.clone())).await;
+    crate::harness::eventually("the restore ran", || async { a.metric("l1_size").await.as_u64() == Some(1) }).await;
+    let kept = a.get("/api/cache/kept").await.json();
+    assert_eq!(
+        (kept["value"].clone(), kept["source"].clone()),
+        (json!(1), json!("l1")),
+        "an unchanged entry is restored"
+    );
+    assert_eq!(a.get("/api/cache/rewritten").await.json()["value"], 2, "never the snapshot's older value");
+    a.get("/api/cache/deleted").await.assert_status(404);
+}
