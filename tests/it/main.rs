@@ -4,6 +4,7 @@
 mod auth;
 mod batch;
 mod bounds;
+mod chaos;
 mod cluster;
 mod contract;
 mod entries;

@@ -187,15 +187,26 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts the binary with `env` on a free port and waits for `/health`.
     pub async fn start(env: &[(&str, &str)]) -> ServiceProcess {
-        let port = free_port();
+        ServiceProcess::start_on(free_port(), env, None).await
+    }
+
+    /// Starts the binary on `port` (a restart reuses its port), its log appended to `log`.
+    pub async fn start_on(port: u16, env: &[(&str, &str)], log: Option<&std::path::Path>) -> ServiceProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tiercache"));
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the log");
+                (Stdio::from(file.try_clone().expect("clone the log handle")), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         command
             .env_clear()
             .env("TIERCACHE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(stdout)
+            .stderr(stderr);
         for (name, value) in env {
             command.env(name, value);
         }
@@ -209,6 +220,10 @@ impl ServiceProcess {
         })
         .await;
         process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn signal(&self, signal: &str) {
@@ -420,6 +435,12 @@ impl RedisServer {
         let signal = if frozen { "-STOP" } else { "-CONT" };
         let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("kill runs");
         assert!(status.success());
+    }
+
+    /// Starts a killed server again on the same port (with its data, when it persists).
+    pub async fn revive(&mut self) {
+        assert!(self.child.is_none(), "revive a killed server");
+        self.spawn().await;
     }
 
     /// Starts the server again on the same port.
