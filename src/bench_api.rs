@@ -72,6 +72,12 @@ pub fn restore_snapshot(path: &Path, entries: usize) -> u64 {
     engine.restore_snapshot(path, |_| crate::engine::snapshot::L2Check::Skip).expect("snapshot restored").restored
 }
 
+/// Cases per fuzz property (the `fuzz_` tests): `TIERCACHE_FUZZ_CASES` when set, else `short`,
+/// the count the test command runs. `bench/fuzz.sh` sets 100 000.
+pub fn fuzz_cases(short: u32) -> u32 {
+    std::env::var("TIERCACHE_FUZZ_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(short)
+}
+
 /// Redis glob matching, as pattern invalidation uses it.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
     crate::engine::glob::matches(pattern, text)

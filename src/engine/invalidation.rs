@@ -302,12 +302,44 @@ mod tests {
 
     use bytes::Bytes;
 
+    use proptest::strategy::Strategy as _;
+
     use crate::config::EngineConfig;
     use crate::engine::{Clock, DeleteOutcome, Engine, Key, WriteRequest};
     use crate::metrics::Metrics;
 
     fn engine() -> Engine {
         Engine::new(EngineConfig::for_tests(1000, 1 << 24), "me".into(), Arc::new(Metrics::new()), Clock::new())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::bench_api::fuzz_cases(500),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Applying any payload: no panic; one that does not parse is counted as malformed and
+        /// changes nothing.
+        #[test]
+        fn fuzz_applying_received_payloads(
+            payload in proptest::prop_oneof![
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+                "\\{\"type\":\"(EVICT|PATTERN|TAGS|CLEAR|X)\",\"(keys|pattern|tags|seq|origin)\":(\\[\"[ -~]{0,10}\"\\]|\"[ -~]{0,10}\"|-?[0-9]{1,20}|null)\\}"
+                    .prop_map(String::into_bytes),
+            ],
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let engine = engine();
+            runtime.block_on(put(&engine, "k", &[]));
+            let parses = crate::engine::messages::Message::parse(&payload).is_some();
+            engine.apply_message(&payload);
+            let malformed = engine.stats().invalidations_malformed;
+            proptest::prop_assert_eq!(malformed, u64::from(!parses));
+            if !parses {
+                proptest::prop_assert!(present(&engine, "k"), "a malformed message changes nothing");
+            }
+        }
     }
 
     async fn put(engine: &Engine, key: &str, deps: &[&str]) {

@@ -141,6 +141,71 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    /// JSON values of every type, for fields that expect one type.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|n| serde_json::json!(n)),
+            "[ -~]{0,12}".prop_map(serde_json::Value::from),
+            prop::collection::vec("[ -~]{0,8}", 0..4).prop_map(|items| serde_json::json!(items)),
+            prop::collection::vec(any::<i32>(), 0..3).prop_map(|items| serde_json::json!(items)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: crate::bench_api::fuzz_cases(1000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fuzz_message_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Some(message) = Message::parse(&bytes) {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(), "only JSON parses");
+                let _ = message;
+            }
+        }
+
+        /// Objects shaped like messages with each field of any type: a message parses exactly
+        /// when its kind's field is present with the right type and the others are well typed.
+        #[test]
+        fn fuzz_message_fields_of_any_type(
+            kind in prop_oneof![Just(json_str("EVICT")), Just(json_str("PATTERN")), Just(json_str("TAGS")), Just(json_str("CLEAR")), any_json()],
+            keys in prop::option::of(any_json()),
+            pattern in prop::option::of(any_json()),
+            tags in prop::option::of(any_json()),
+            origin in prop::option::of(any_json()),
+            seq in prop::option::of(any_json()),
+        ) {
+            let mut object = serde_json::Map::new();
+            object.insert("type".into(), kind);
+            for (name, value) in [("keys", keys), ("pattern", pattern), ("tags", tags), ("origin", origin), ("seq", seq)] {
+                if let Some(value) = value {
+                    object.insert(name.into(), value);
+                }
+            }
+            let payload = serde_json::to_vec(&object).unwrap();
+            if let Some(message) = Message::parse(&payload) {
+                let complete = match message.kind {
+                    MessageKind::Evict => message.keys.is_some(),
+                    MessageKind::Pattern => message.pattern.is_some(),
+                    MessageKind::Tags => message.tags.is_some(),
+                    MessageKind::Clear => true,
+                };
+                prop_assert!(complete, "{}", String::from_utf8_lossy(&payload));
+            }
+        }
+    }
+
+    fn json_str(text: &str) -> serde_json::Value {
+        serde_json::Value::from(text)
+    }
+
     #[test]
     fn a_skipped_sequence_number_is_a_gap() {
         let tracker = SequenceTracker::new();

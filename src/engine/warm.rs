@@ -479,13 +479,64 @@ mod tests {
         assert_eq!(split(Some(Format::Array), &[b"[1, 2"]), vec![Ok("1".into()), Err(ItemError::NotAnArray)]);
     }
 
+    fn engine() -> Engine {
+        use std::sync::Arc;
+        let mut config = crate::config::EngineConfig::for_tests(1000, 1 << 24);
+        config.limits.max_key_bytes = 16;
+        config.limits.max_value_bytes = 64;
+        Engine::new(config, "me".into(), Arc::new(crate::metrics::Metrics::new()), crate::engine::Clock::new())
+    }
+
+    /// Warm items: objects with the item's fields, each of some JSON type, and extra ones.
+    fn item() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|n| serde_json::json!(n)),
+            "[ -~\\x{0}-\\x{1f}é]{0,20}".prop_map(serde_json::Value::from),
+            prop::collection::vec("[ -~]{0,140}", 0..40).prop_map(|items| serde_json::json!(items)),
+            Just(serde_json::json!({"nested": [1, {"a": null}]})),
+        ];
+        let names = prop::sample::select(vec!["key", "value", "ttl", "tags", "depends_on", "other"]);
+        prop::collection::vec((names, field), 0..6).prop_map(|fields| {
+            let object: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().map(|(name, value)| (name.to_string(), value)).collect();
+            serde_json::to_vec(&object).unwrap()
+        })
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig {
+            cases: crate::bench_api::fuzz_cases(512),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
         #[test]
-        fn splitting_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in 0usize..512) {
+        fn fuzz_warm_source_splitting(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in 0usize..512) {
             let cut = cut.min(bytes.len());
-            let _ = split(None, &[&bytes[..cut], &bytes[cut..]]);
-            let _ = split(Some(Format::Ndjson), &[&bytes]);
+            for format in [None, Some(Format::Ndjson), Some(Format::Array)] {
+                let mut splitter = Splitter::new(format, 64);
+                let mut items = splitter.push(&bytes[..cut]);
+                items.extend(splitter.push(&bytes[cut..]));
+                items.extend(splitter.finish());
+                for item in items.into_iter().flatten() {
+                    prop_assert!(item.len() <= 64, "an item over the limit is an error, not kept");
+                }
+            }
+        }
+
+        /// Every item is a valid write within the limits or a clean error message.
+        #[test]
+        fn fuzz_warm_items(bytes in prop_oneof![item(), proptest::collection::vec(any::<u8>(), 0..128)]) {
+            let engine = engine();
+            match parse_item(&engine, &bytes) {
+                Ok(write) => {
+                    prop_assert!(!write.key().as_str().is_empty() && write.key().as_str().len() <= 16);
+                    prop_assert!(write.value.len() <= 64);
+                }
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Property test: random keys, bodies, paths and content types thrown at the real router never
-//! produce a 5xx, and every error is the JSON error shape.
+//! Fuzzing the HTTP decoders: random keys, bodies, paths and content types thrown at the real
+//! router never produce a 5xx, and every error is the JSON error shape. Cases: 512 in the test
+//! command, `TIERCACHE_FUZZ_CASES` (bench/fuzz.sh: 100 000) otherwise.
 
 use axum::body::Body;
 use axum::http::Request;
@@ -52,10 +53,14 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: tiercache::bench_api::fuzz_cases(512),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
-    fn the_router_never_answers_5xx_and_errors_are_json(
+    fn fuzz_requests_never_answer_5xx_and_errors_are_json(
         method in prop::sample::select(vec!["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD"]),
         path in path(),
         body in body(),

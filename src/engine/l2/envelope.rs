@@ -265,16 +265,29 @@ mod tests {
         assert_eq!(Envelope::decode(&bytes, 49), Err(DecodeError::BadValue));
     }
 
+    /// A decoded envelope is within the limits the decoder was given.
+    fn clean(result: Result<Envelope, DecodeError>, max_value_bytes: usize) -> Result<(), TestCaseError> {
+        if let Ok(envelope) = result {
+            prop_assert!(envelope.value.len() <= max_value_bytes);
+        }
+        Ok(())
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: crate::bench_api::fuzz_cases(2000),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            let _ = Envelope::decode(&bytes, 1 << 20);
+        fn fuzz_envelope_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            clean(Envelope::decode(&bytes, 1 << 20), 1 << 20)?;
+            clean(Envelope::decode(&bytes, 16), 16)?;
         }
 
         #[test]
-        fn corrupted_envelopes_never_panic(
+        fn fuzz_envelope_corrupted(
             value in prop::collection::vec(any::<u8>(), 0..3000),
             flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
             cut in any::<prop::sample::Index>(),
@@ -284,8 +297,9 @@ mod tests {
                 let at = idx.index(bytes.len());
                 bytes[at] ^= byte;
             }
-            let _ = Envelope::decode(&bytes, 1 << 20);
-            let _ = Envelope::decode(&bytes[..cut.index(bytes.len())], 1 << 20);
+            clean(Envelope::decode(&bytes, 1 << 20), 1 << 20)?;
+            clean(Envelope::decode(&bytes[..cut.index(bytes.len())], 1 << 20), 1 << 20)?;
+            clean(Envelope::decode(&bytes, 100), 100)?;
         }
 
         #[test]
