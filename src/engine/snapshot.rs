@@ -775,7 +775,8 @@ mod tests {
         let target = engine();
         match target.restore_snapshot(&path, |_| L2Check::Skip) {
             Err(_) => prop_assert_eq!(target.l1.len(), 0, "a refused file applies nothing"),
-            Ok(stats) => prop_assert_eq!(target.l1.len() as u64, stats.restored),
+            // A damaged key can repeat an earlier one: the later record replaces it.
+            Ok(stats) => prop_assert!(target.l1.len() as u64 <= stats.restored),
         }
         Ok(())
     }
