@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +46,7 @@ pub struct App {
     tasks: TaskTracker,
     engine: Arc<Engine>,
     persistence: Option<Arc<Persistence>>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     shutdown_grace: Duration,
     task_health: Arc<TaskHealth>,
 }
@@ -145,21 +144,12 @@ impl App {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding server.listen {listen}"))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_accepting = CancellationToken::new();
-        let service = tower::make::Shared::new(http::service(state));
-        // Responses are small and written whole: Nagle's algorithm would only add latency.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(%err, "could not set TCP_NODELAY");
-            }
-        });
-        let server = tokio::spawn({
-            let stop_accepting = stop_accepting.clone();
-            async move {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-                    .await
-            }
-        });
+        let server = tokio::spawn(http::serve(
+            listener,
+            http::service(state),
+            server_config.request_timeout,
+            stop_accepting.clone(),
+        ));
         tracing::info!(%local_addr, instance_id, ready = ready.load(Ordering::Acquire), "listening");
         Ok(App {
             local_addr,
@@ -195,8 +185,7 @@ impl App {
         self.stop_accepting.cancel();
         let mut server = self.server;
         match tokio::time::timeout(self.shutdown_grace, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::warn!(%err, "server stopped with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(%err, "server task failed"),
             Err(_) => {
                 tracing::warn!(grace_ms = self.shutdown_grace.as_millis() as u64, "drain exceeded the grace period");

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         return healthcheck(settings.listen_addr().port());
     }
     init_logging(&settings);
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +84,15 @@ fn init_logging(settings: &Settings) {
 }
 
 /// `GET /health` on loopback with a plain socket: no runtime, no client library.
+/// Raises the soft limit on open files to the hard limit: every connection is a descriptor, and
+/// the usual default soft limit (1024) is far below the connections a cache server meets.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open file limit"),
+    }
+}
+
 fn healthcheck(port: u16) -> ExitCode {
     use std::io::{Read, Write};
     use std::time::Duration;

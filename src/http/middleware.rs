@@ -13,8 +13,9 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::body::HttpBody;
 use axum::extract::Request;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,9 @@ use tower::{Layer, Service};
 
 use super::error::ApiError;
 use super::AppState;
+
+/// How long a refused request's body is read and discarded, at most, before the answer.
+const DRAIN_WITHIN: Duration = Duration::from_secs(2);
 
 /// Routes that must answer even when the service is saturated.
 const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
@@ -102,15 +106,24 @@ where
             record(&self.state, route, method, &response, started);
             GuardFuture { state: State::Done { response: Some(response) } }
         };
+        // A request refused before its body was read: the body is drained first (see `drain`).
+        let refused = |request: Request, response: Response| {
+            if request.body().size_hint().exact() == Some(0) {
+                return answered(response);
+            }
+            record(&self.state, route, method, &response, started);
+            let drain = Box::pin(drain(request, self.state.server.max_body_bytes));
+            GuardFuture { state: State::Draining { drain, response: Some(response) } }
+        };
         if let Some(response) = self.state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
-            return answered(response);
+            return refused(request, response);
         }
         let permit = if NEVER_SHED.contains(&route) {
             None
         } else {
             match self.state.in_flight.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) => return answered(ApiError::overloaded().into_response()),
+                Err(_) => return refused(request, ApiError::overloaded().into_response()),
             }
         };
         // Cancel safety: dropping the handler future on timeout drops only request-scoped work;
@@ -144,6 +157,7 @@ pin_project_lite::pin_project! {
     #[project = StateProjection]
     enum State<F> {
         Done { response: Option<Response> },
+        Draining { drain: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<Response> },
         Running { #[pin] handler: tokio::time::Timeout<F>, running: Option<Running> },
     }
 }
@@ -157,6 +171,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProjection::Done { response } => Poll::Ready(Ok(response.take().expect("polled after completion"))),
+            StateProjection::Draining { drain, response } => {
+                std::task::ready!(drain.as_mut().poll(cx));
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
             StateProjection::Running { handler, running } => {
                 // A panic unwinds no further than this request (its future is never polled again).
                 let response = match catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
@@ -174,6 +192,25 @@ where
             }
         }
     }
+}
+
+/// Reads and discards a refused request's body, up to `limit` bytes and [`DRAIN_WITHIN`]. A
+/// client still sending a body when the answer comes and the connection closes would meet a
+/// reset instead of the answer (hyper does not linger on close) — for a write, an unknown
+/// outcome where a 503 or 401 is a clear one. Shedding still costs no permit and no parsing.
+async fn drain(request: Request, limit: usize) {
+    use futures_util::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0;
+    let discard = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WITHIN, discard).await;
 }
 
 /// A handler that panicked answers 500 in the error shape; the panic is a bug, logged once.

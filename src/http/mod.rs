@@ -7,6 +7,9 @@ mod extract;
 mod middleware;
 mod render;
 mod routes;
+mod server;
+
+pub(crate) use self::server::serve;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

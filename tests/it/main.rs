@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod entries;
 mod errors;
+mod exhaustion;
 mod faults;
 mod fuzz;
 mod harness;
