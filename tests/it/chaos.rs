@@ -699,6 +699,7 @@ async fn run(plan: Plan) -> Report {
         })
         .await;
         restored += 1;
+        ctx.begin_phase("calm");
         tokio::time::sleep(plan.calm).await;
 
         ctx.begin_phase("origin failing 50%");
@@ -833,10 +834,10 @@ async fn run(plan: Plan) -> Report {
         let _ = writeln!(text, "{row}");
     }
     let _ = writeln!(text, "\n5xx and unanswered requests by cause:\n");
-    let _ = writeln!(text, "| op | cause | count |");
-    let _ = writeln!(text, "|---|---|---|");
-    for ((op, cause), count) in causes(&ctx) {
-        let _ = writeln!(text, "| {op} | {cause} | {count} |");
+    let _ = writeln!(text, "| phase | op | cause | count |");
+    let _ = writeln!(text, "|---|---|---|---|");
+    for ((phase, op, cause), count) in causes(&ctx) {
+        let _ = writeln!(text, "| {phase} | {op} | {cause} | {count} |");
     }
     let _ = writeln!(text, "\nChecks:\n");
     let _ = writeln!(
@@ -1087,11 +1088,15 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn causes(ctx: &Ctx) -> BTreeMap<(&'static str, String), usize> {
+/// 5xx and unanswered requests by (phase, op, cause). A calm phase follows each fault: its 503s
+/// come from the breaker, still open for `l2.breaker_open_secs` after the fault healed.
+fn causes(ctx: &Ctx) -> BTreeMap<(String, &'static str, String), usize> {
+    let phases = ctx.phases.lock().unwrap();
     let mut counts = BTreeMap::new();
     for sample in ctx.samples.lock().unwrap().iter() {
         if sample.status.map_or(true, |status| status >= 500) {
-            *counts.entry((sample.op, sample.cause.clone().unwrap_or_default())).or_default() += 1;
+            let key = (phases[sample.phase].name.clone(), sample.op, sample.cause.clone().unwrap_or_default());
+            *counts.entry(key).or_default() += 1;
         }
     }
     counts
