@@ -21,3 +21,14 @@ pub use app::App;
 pub use config::Settings;
 pub use http::router_for_tests;
 pub use tasks::TaskHealth;
+
+/// The config of every `fuzz_` property: `short` cases in the test command, or
+/// `TIERCACHE_FUZZ_CASES` (`bench/fuzz.sh`); failures are printed, not persisted.
+#[cfg(test)]
+pub(crate) fn fuzz_config(short: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: bench_api::fuzz_cases(short),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -313,11 +313,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: crate::bench_api::fuzz_cases(500),
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
+        #![proptest_config(crate::fuzz_config(500))]
 
         /// Applying any payload: no panic; one that does not parse is counted as malformed and
         /// changes nothing.

@@ -157,11 +157,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: crate::bench_api::fuzz_cases(1000),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::fuzz_config(1000))]
 
         #[test]
         fn fuzz_message_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {

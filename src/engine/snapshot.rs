@@ -794,11 +794,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: crate::bench_api::fuzz_cases(512),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::fuzz_config(512))]
 
         #[test]
         fn fuzz_snapshot_record_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {

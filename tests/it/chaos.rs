@@ -609,17 +609,9 @@ fn extra_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// VmHWM: the process's peak resident set, in kB.
+/// The process's peak resident set, in kB.
 fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:").map(|rest| rest.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-        })
-        .flatten()
-        .unwrap_or(0)
+    crate::harness::proc_status_kb(pid, "VmHWM")
 }
 
 struct Report {
@@ -862,6 +854,11 @@ async fn run(plan: Plan) -> Report {
         LATENCY_MARGIN.as_millis(),
         slow.len()
     );
+    let slowest: Vec<String> = slowest_by_op(&ctx)
+        .into_iter()
+        .map(|(op, phase, latency)| format!("{op} {:.0} ms ({phase})", latency.as_secs_f64() * 1000.0))
+        .collect();
+    let _ = writeln!(text, "- slowest request of each op not via the origin: {}", slowest.join("; "));
     let _ = writeln!(
         text,
         "- peak RSS: instance 0 {} kB, instance 1 {} kB; bound l1.max_bytes + {} MiB = {rss_bound_kb} kB",
@@ -1040,6 +1037,19 @@ fn slow_requests(ctx: &Ctx) -> Vec<String> {
         .filter(|sample| !sample.via_origin && sample.status.is_some() && sample.latency > bound)
         .map(|sample| format!("{} in {}: {:?}", sample.op, phases[sample.phase].name, sample.latency))
         .collect()
+}
+
+/// The slowest request of each op that does not go to the origin: (op, phase, latency).
+fn slowest_by_op(ctx: &Ctx) -> Vec<(&'static str, String, Duration)> {
+    let phases = ctx.phases.lock().unwrap();
+    let mut slowest: BTreeMap<&'static str, (String, Duration)> = BTreeMap::new();
+    for sample in ctx.samples.lock().unwrap().iter().filter(|sample| !sample.via_origin) {
+        let entry = slowest.entry(sample.op).or_insert((String::new(), Duration::ZERO));
+        if sample.latency > entry.1 {
+            *entry = (phases[sample.phase].name.clone(), sample.latency);
+        }
+    }
+    slowest.into_iter().map(|(op, (phase, latency))| (op, phase, latency)).collect()
 }
 
 fn phase_rows(ctx: &Ctx) -> Vec<String> {

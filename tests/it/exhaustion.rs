@@ -14,16 +14,9 @@ use crate::harness::{client, Reply, ServiceProcess, TestOrigin};
 /// running the whole suite; an unresponsive service takes seconds or never answers).
 const HEALTH_WITHIN: Duration = Duration::from_millis(1000);
 
-/// VmRSS of `pid`, in kB.
+/// The process's resident set now, in kB.
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmRSS:").and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
+    crate::harness::proc_status_kb(pid, "VmRSS")
 }
 
 /// Median time of `n` sequential GETs of an L1-resident key.

@@ -274,11 +274,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: crate::bench_api::fuzz_cases(2000),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::fuzz_config(2000))]
 
         #[test]
         fn fuzz_envelope_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {

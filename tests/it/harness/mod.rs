@@ -172,6 +172,18 @@ where
     panic!("not true within {DEADLINE:?}: {what}");
 }
 
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`…); 0 when the process is gone.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let prefix = format!("{field}:");
+    status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&prefix).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A free loopback port: bound, read and released.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
