@@ -13,6 +13,9 @@ use crate::harness::{client, Reply, ServiceProcess, TestOrigin};
 /// How long `/health` may take while the service is under attack (a loaded 2-core machine
 /// running the whole suite; an unresponsive service takes seconds or never answers).
 const HEALTH_WITHIN: Duration = Duration::from_millis(1000);
+/// Slack on "latency is back to what it was": other tests share the machine (a wedged service
+/// takes seconds).
+const RECOVERED_WITHIN: Duration = Duration::from_millis(50);
 
 /// The process's resident set now, in kB.
 fn rss_kb(pid: u32) -> u64 {
@@ -97,7 +100,7 @@ async fn ten_thousand_idle_connections_leave_the_service_answering() {
         (rss_during.saturating_sub(rss_before)) as f64 / wanted as f64
     );
     assert!(health < HEALTH_WITHIN, "/health took {health:?}");
-    assert!(after < before * 5 + Duration::from_millis(5), "latency recovers: {before:?} then {after:?}");
+    assert!(after < before * 5 + RECOVERED_WITHIN, "latency recovers: {before:?} then {after:?}");
 }
 
 /// Sends a request head a byte at a time, 100 ms apart, until the server closes the connection;
@@ -219,7 +222,7 @@ async fn a_thousand_concurrent_large_bodies_are_shed_or_stored_within_bounded_me
     // at once. Everything else is shed before its body is read.
     let bound_kb = rss_before + (256 + 64 * 3) * 1024;
     assert!(peak_kb < bound_kb, "peak RSS {peak_kb} kB, bound {bound_kb} kB");
-    assert!(after < before * 5 + Duration::from_millis(5), "latency recovers: {before:?} then {after:?}");
+    assert!(after < before * 5 + RECOVERED_WITHIN, "latency recovers: {before:?} then {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,5 +261,5 @@ async fn a_flood_past_max_concurrency_is_shed_with_503_and_health_answers() {
     assert_eq!(served + shed, 2000, "every request is answered, 200 or 503: {statuses:?}");
     assert!(shed > 0 && served >= 32, "{served} served, {shed} shed");
     assert!(health < HEALTH_WITHIN, "/health is never shed: {health:?}");
-    assert!(after < before * 5 + Duration::from_millis(5), "latency recovers: {before:?} then {after:?}");
+    assert!(after < before * 5 + RECOVERED_WITHIN, "latency recovers: {before:?} then {after:?}");
 }

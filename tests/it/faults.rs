@@ -144,3 +144,71 @@ async fn a_reset_fails_calls_at_once_and_the_service_reconnects_after_heal() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn behind_a_blackholed_origin_misses_time_out_and_stale_copies_stand_in() {
+    let origin = crate::harness::TestOrigin::start().await;
+    origin.set_default(crate::harness::Reply::cache_control("max-age=1"));
+    let proxy = FaultProxy::start(origin.port).await;
+    let url = format!("http://127.0.0.1:{}/items/{{key}}", proxy.port);
+    let app = TestApp::spawn(move |s| {
+        s.origin.url = url;
+        s.origin.timeout_ms = 500;
+        s.cache.grace_secs = 60;
+    })
+    .await;
+    assert_eq!(app.get("/api/cache/known").await.json()["source"], "origin");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // Past max-age, within grace.
+
+    proxy.set(Fault::Blackhole);
+    let started = Instant::now();
+    app.get("/api/cache/unknown").await.assert_error(502, "origin_timeout");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500), "{waited:?}");
+    let stale = app.get("/api/cache/known").await;
+    assert_eq!(stale.json()["stale"], true, "the expired copy stands in: {}", stale.text());
+    assert_eq!(stale.header("x-cache").as_deref(), Some("STALE"));
+
+    proxy.heal();
+    crate::harness::eventually("the origin answers again", || async {
+        app.get("/api/cache/later").await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_queued_behind_a_stuck_batch_still_waits_one_timeout_at_most() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(redis.port).await;
+    let app = TestApp::spawn_with_redis_at(&redis, proxy.redis_url(), |s| {
+        s.l2.timeout_ms = TIMEOUT.as_millis() as u64;
+        s.l2.breaker_failures = 1000; // The breaker stays closed: every call goes to Redis.
+    })
+    .await;
+    proxy.set(Fault::Blackhole);
+    let app = std::sync::Arc::new(app);
+    // A first read and a first write lead batches that Redis never answers...
+    let leaders = {
+        let app = app.clone();
+        tokio::spawn(async move { tokio::join!(app.get("/api/cache/lead"), app.put("lead", json!({"value": 0}))) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and these queue behind them: each must still answer within one timeout of arriving.
+    let queued = (0..8).map(|idx| {
+        let app = app.clone();
+        async move {
+            let (path, key) = (format!("/api/cache/q{idx}"), format!("q{idx}"));
+            let started = Instant::now();
+            let (read, write) = tokio::join!(app.get(&path), app.put(&key, json!({"value": idx})));
+            read.assert_status(404);
+            assert_eq!(write.json()["l2"], "unavailable");
+            started.elapsed()
+        }
+    });
+    let waits = futures_util::future::join_all(queued).await;
+    leaders.await.unwrap();
+    let longest = waits.iter().max().copied().unwrap();
+    assert!(longest < TIMEOUT + Duration::from_millis(200), "a queued call waited {longest:?}: {waits:?}");
+    proxy.heal();
+}

@@ -164,13 +164,23 @@ impl L2 {
     /// The entry under `key`, if L2 holds a well-formed one. A malformed value is counted in
     /// `l2_errors` and is a miss. Reads that arrive together share one MGET (`batch.rs`).
     pub async fn get(&self, key: &str) -> Result<Option<Envelope>, L2Error> {
-        self.reads
-            .run(
-                self.entry_key(key),
-                |names| self.mget(names),
-                |name| async move { Ok(self.mget(vec![name]).await?.pop().flatten()) },
-            )
-            .await
+        let read = self.reads.run(
+            self.entry_key(key),
+            |names| self.mget(names),
+            |name| async move { Ok(self.mget(vec![name]).await?.pop().flatten()) },
+        );
+        self.within_timeout(read).await
+    }
+
+    /// Bounds a batched call by one `l2.timeout_ms` from the caller's arrival. A caller that
+    /// queued behind a batch in flight would otherwise wait for that batch and then its own:
+    /// two timeouts when Redis does not answer. A caller cut off leaves its slot (see
+    /// `batch.rs`); the batch's own failure is what the breaker counts.
+    async fn within_timeout<A>(
+        &self,
+        call: impl std::future::Future<Output = Result<A, L2Error>>,
+    ) -> Result<A, L2Error> {
+        tokio::time::timeout(self.config.timeout, call).await.unwrap_or(Err(L2Error::Timeout))
     }
 
     /// The entries under `keys`, in order (one MGET; the cluster client splits it by slot).
@@ -212,14 +222,12 @@ impl L2 {
         announce: impl Fn(&[&str]) -> Vec<String>,
     ) -> Result<Vec<String>, L2Error> {
         let entries = Arc::new(entries);
-        let members = self
-            .writes
-            .run(
-                entries.clone(),
-                |batch| self.write_batch(batch, channel, &announce),
-                |alone| async { Ok(self.write_batch(vec![alone], channel, &announce).await?.remove(0)) },
-            )
-            .await?;
+        let write = self.writes.run(
+            entries.clone(),
+            |batch| self.write_batch(batch, channel, &announce),
+            |alone| async { Ok(self.write_batch(vec![alone], channel, &announce).await?.remove(0)) },
+        );
+        let members = self.within_timeout(write).await?;
         let sets: Vec<(String, &str)> =
             entries.iter().map(|entry| (self.dependents_key(&entry.key), entry.key.as_str())).collect();
         self.verify_members(&sets, members, |envelope, key| envelope.depends_on.iter().any(|dep| dep == key)).await
