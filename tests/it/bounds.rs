@@ -37,7 +37,9 @@ async fn large_values_are_bounded_by_max_bytes() {
     }
     let metrics = metrics(&app).await;
     let (size, bytes) = (metrics["l1_size"].as_u64().unwrap(), metrics["l1_bytes"].as_u64().unwrap());
-    assert!((8..=10).contains(&size), "64 KiB holds about ten 6 KB entries: {metrics}");
+    // Entries spread over L1's shards by hash and each shard keeps its share of the budget, so
+    // how full it ends depends on where the keys fell: at most ten 6 KB entries, at least half.
+    assert!((5..=10).contains(&size) && bytes >= max_bytes / 2, "64 KiB holds five to ten 6 KB entries: {metrics}");
     // l1_bytes counts key + value + metadata: more than the values alone.
     assert!(bytes > size * 6000, "{metrics}");
 }
