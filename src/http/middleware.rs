@@ -25,9 +25,6 @@ use tower::{Layer, Service};
 use super::error::ApiError;
 use super::AppState;
 
-/// How long a refused request's body is read and discarded, at most, before the answer.
-const DRAIN_WITHIN: Duration = Duration::from_secs(2);
-
 /// Routes that must answer even when the service is saturated.
 const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
 
@@ -112,7 +109,7 @@ where
                 return answered(response);
             }
             record(&self.state, route, method, &response, started);
-            let drain = Box::pin(drain(request, self.state.server.max_body_bytes));
+            let drain = Box::pin(drain(request, self.state.server.max_body_bytes, self.state.server.request_timeout));
             GuardFuture { state: State::Draining { drain, response: Some(response) } }
         };
         if let Some(response) = self.state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
@@ -194,11 +191,12 @@ where
     }
 }
 
-/// Reads and discards a refused request's body, up to `limit` bytes and [`DRAIN_WITHIN`]. A
+/// Reads and discards a refused request's body, up to `limit` bytes and `within` (the request
+/// timeout: a loaded machine can take seconds to receive a large body). A
 /// client still sending a body when the answer comes and the connection closes would meet a
 /// reset instead of the answer (hyper does not linger on close) — for a write, an unknown
 /// outcome where a 503 or 401 is a clear one. Shedding still costs no permit and no parsing.
-async fn drain(request: Request, limit: usize) {
+async fn drain(request: Request, limit: usize, within: Duration) {
     use futures_util::StreamExt;
     let mut body = request.into_body().into_data_stream();
     let mut read = 0;
@@ -210,7 +208,7 @@ async fn drain(request: Request, limit: usize) {
             }
         }
     };
-    let _ = tokio::time::timeout(DRAIN_WITHIN, discard).await;
+    let _ = tokio::time::timeout(within, discard).await;
 }
 
 /// A handler that panicked answers 500 in the error shape; the panic is a bug, logged once.
