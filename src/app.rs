@@ -148,6 +148,7 @@ impl App {
             listener,
             http::service(state),
             server_config.request_timeout,
+            server_config.max_header_bytes,
             stop_accepting.clone(),
         ));
         tracing::info!(%local_addr, instance_id, ready = ready.load(Ordering::Acquire), "listening");

@@ -38,6 +38,7 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: String,
     pub max_body_bytes: u64,
+    pub max_header_bytes: u64,
     pub request_timeout_ms: u64,
     pub max_concurrency: u64,
     pub shutdown_grace_ms: u64,
@@ -49,6 +50,7 @@ impl Default for ServerSettings {
         Self {
             listen: "0.0.0.0:4000".into(),
             max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
             request_timeout_ms: 30_000,
             max_concurrency: 1024,
             shutdown_grace_ms: 10_000,
@@ -366,6 +368,8 @@ impl Settings {
         at_most("l2.timeout_ms", self.l2.timeout_ms, ONE_DAY_MS)?;
         at_most("origin.timeout_ms", self.origin.timeout_ms, ONE_DAY_MS)?;
         at_least("server.max_body_bytes", self.server.max_body_bytes, 1)?;
+        at_least("server.max_header_bytes", self.server.max_header_bytes, 1)?;
+        at_most("server.max_header_bytes", self.server.max_header_bytes, 16 << 20)?;
         at_least("server.request_timeout_ms", self.server.request_timeout_ms, 1)?;
         at_least("server.max_concurrency", self.server.max_concurrency, 1)?;
         at_least("server.shutdown_grace_ms", self.server.shutdown_grace_ms, 1)?;
@@ -470,6 +474,7 @@ impl Settings {
     pub(crate) fn server_config(&self) -> ServerConfig {
         ServerConfig {
             max_body_bytes: clamp_usize(self.server.max_body_bytes),
+            max_header_bytes: clamp_usize(self.server.max_header_bytes),
             request_timeout: Duration::from_millis(self.server.request_timeout_ms),
             max_concurrency: clamp_usize(self.server.max_concurrency),
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
@@ -607,6 +612,8 @@ pub(crate) struct AuthConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
     pub max_body_bytes: usize,
+    /// The header section of a request (every field line) past which it is 431.
+    pub max_header_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
     pub shutdown_grace: Duration,

@@ -33,8 +33,9 @@ pub struct Entry(ThinArc<Header, u8>);
 /// Field widths keep the header at 72 bytes; the keep-until instant is derived from the
 /// grace rather than stored.
 struct Header {
-    /// The 128-bit xxh3 of the value, as two halves (8-byte alignment, where a `u128` would
-    /// round the header up to 16); rendered into the quoted ETag on demand.
+    /// The 128-bit xxh3 of the value and the tags (what a JSON answer represents, SPEC §21),
+    /// as two halves (8-byte alignment, where a `u128` would round the header up to 16);
+    /// rendered into the ETag on demand.
     etag_hash: [u64; 2],
     cached_at_ms: u64,
     expires_at_ms: u64,
@@ -66,7 +67,9 @@ pub(crate) struct Names {
     pub depends_on: Box<[Key]>,
 }
 
-/// The quoted strong ETag of an entry, rendered from its hash.
+/// The ETag of an entry's JSON answer, rendered from its hash: weak (`W/"…"`), since the
+/// answer also carries `expires_at` and `ttl_remaining`, which change while the entry does not
+/// (RFC 9110 §8.8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Etag([u8; ETAG_LEN]);
 
@@ -80,7 +83,8 @@ impl Etag {
     }
 }
 
-const ETAG_LEN: usize = 34;
+/// `W/`, a quote, 32 hex digits, a quote.
+const ETAG_LEN: usize = 36;
 
 /// An entry being put together: its lifetime and marks are set here, before [`NewEntry::build`]
 /// makes the one immutable allocation.
@@ -151,7 +155,7 @@ impl NewEntry {
 
     /// Makes the entry: one allocation, the key and value copied in.
     pub fn build(self) -> Entry {
-        let hash = xxhash_rust::xxh3::xxh3_128(&self.value);
+        let hash = etag_hash(&self.value, &self.tags);
         let key_len = u32::try_from(self.key.len()).expect("a key is far shorter than 4 GiB");
         let names = (!self.tags.is_empty() || !self.depends_on.is_empty())
             .then(|| Box::new(Names { key: self.key.clone(), tags: self.tags, depends_on: self.depends_on }));
@@ -171,6 +175,20 @@ impl NewEntry {
             ThinArc::from_header_and_slice(header, data)
         }))
     }
+}
+
+/// The hash behind an entry's ETag: its value bytes and its tags, each tag length-prefixed and
+/// the count last, so that no two different (value, tags) pairs hash the same input. Computed
+/// once per entry, so a hit only renders it.
+fn etag_hash(value: &[u8], tags: &[Tag]) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(value);
+    for tag in tags {
+        hasher.update(&(tag.as_str().len() as u32).to_le_bytes());
+        hasher.update(tag.as_str().as_bytes());
+    }
+    hasher.update(&(tags.len() as u32).to_le_bytes());
+    hasher.digest128()
 }
 
 /// Calls `make` with `head` followed by `tail` as one slice, laid out in a per-thread buffer
@@ -232,11 +250,12 @@ impl Entry {
         &self.0.slice[self.header().key_len as usize..]
     }
 
-    /// The quoted ETag as bytes (ASCII), for a header value without a UTF-8 check.
+    /// The weak ETag of the entry's JSON answer (`W/"<32 hex digits>"`).
     pub fn etag(&self) -> Etag {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [b'"'; ETAG_LEN];
-        for (half, digits) in self.header().etag_hash.iter().zip(out[1..ETAG_LEN - 1].chunks_exact_mut(16)) {
+        out[..2].copy_from_slice(b"W/");
+        for (half, digits) in self.header().etag_hash.iter().zip(out[3..ETAG_LEN - 1].chunks_exact_mut(16)) {
             for (idx, digit) in digits.iter_mut().enumerate() {
                 *digit = HEX[((half >> (60 - 4 * idx)) & 0xf) as usize];
             }
@@ -347,12 +366,22 @@ mod tests {
     }
 
     #[test]
-    fn etag_follows_the_bytes() {
+    fn etag_follows_the_bytes_and_the_tags() {
         assert_eq!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":1}").etag());
         assert_ne!(entry(b"{\"a\":1}").etag(), entry(b"{\"a\":2}").etag());
         let etag = entry(b"1").etag().as_str().to_string();
-        assert_eq!(etag.len(), 34);
-        assert!(etag.starts_with('"') && etag.ends_with('"'));
+        assert_eq!(etag.len(), 36);
+        assert!(etag.starts_with("W/\"") && etag.ends_with('"'), "{etag}");
+        assert!(etag[3..35].bytes().all(|digit| digit.is_ascii_hexdigit()), "{etag}");
+        let tagged = |tags: &[&str]| {
+            let key = Key::parse("k", 512).unwrap();
+            let tags = tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect();
+            NewEntry::new(&key, Bytes::from_static(b"1"), 1_000, 11_000, tags, Box::new([]), 1).build().etag()
+        };
+        assert_eq!(tagged(&[]), entry(b"1").etag());
+        assert_ne!(tagged(&["users"]), tagged(&[]), "new tags, new representation");
+        assert_ne!(tagged(&["ab", "c"]), tagged(&["a", "bc"]));
+        assert_eq!(tagged(&["a", "b"]), tagged(&["a", "b"]));
     }
 
     #[test]

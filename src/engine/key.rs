@@ -7,6 +7,12 @@ use std::sync::Arc;
 
 use super::error::EngineError;
 
+/// Names a client cannot use as keys (SPEC §21): the fixed routes under `/api/cache/` take
+/// them, so an entry of that name could be written (through a body) but never read back with
+/// `GET /api/cache/{key}`.
+pub const RESERVED_KEYS: [&str; 8] =
+    ["invalidate", "batch/get", "batch/set", "prefetch", "evict", "warm", "snapshot", "metrics"];
+
 /// A cache key: UTF-8, 1..=`max_key_bytes` bytes, no control characters.
 /// Clones share one allocation, so the indexes can hold keys without copying them.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,6 +24,19 @@ impl Key {
     pub fn parse(raw: &str, max_key_bytes: usize) -> Result<Key, EngineError> {
         check_text("key", raw, max_key_bytes).map_err(EngineError::InvalidKey)?;
         Ok(Key(Arc::from(raw)))
+    }
+
+    /// [`Key::parse`] for a key a client names (a path, a body, a warm item), which may not be
+    /// one of the [`RESERVED_KEYS`]. Keys read back from L2, a snapshot or a peer's message go
+    /// through [`Key::parse`] alone, so what an older version stored stays readable.
+    ///
+    /// # Errors
+    /// As [`Key::parse`], and [`EngineError::InvalidKey`] for a reserved name.
+    pub fn parse_client(raw: &str, max_key_bytes: usize) -> Result<Key, EngineError> {
+        if RESERVED_KEYS.contains(&raw) {
+            return Err(EngineError::InvalidKey(format!("{raw:?} is the name of a fixed route, not a key")));
+        }
+        Key::parse(raw, max_key_bytes)
     }
 
     /// A handle to the key of `entry`, validated when the entry was made.
@@ -109,6 +128,17 @@ mod tests {
         assert!(Key::parse(&"k".repeat(512), 512).is_ok());
         // The limit counts bytes, not characters.
         assert!(Key::parse(&"é".repeat(257), 512).is_err());
+    }
+
+    #[test]
+    fn fixed_route_names_are_not_client_keys() {
+        for name in RESERVED_KEYS {
+            assert!(Key::parse_client(name, 512).is_err(), "{name}");
+            assert!(Key::parse(name, 512).is_ok(), "{name} stays readable from stored data");
+        }
+        assert!(Key::parse_client("metrics/", 512).is_ok());
+        assert!(Key::parse_client("batch", 512).is_ok());
+        assert!(Key::parse_client("", 512).is_err());
     }
 
     #[test]

@@ -354,10 +354,13 @@ impl Engine {
         &self.clock
     }
 
+    /// A key a client names.
+    ///
     /// # Errors
-    /// [`EngineError::InvalidKey`] for an empty, too long or control-character key.
+    /// [`EngineError::InvalidKey`] for an empty, too long or control-character key, or the name
+    /// of a fixed route ([`key::RESERVED_KEYS`]).
     pub fn parse_key(&self, raw: &str) -> Result<Key, EngineError> {
-        Key::parse(raw, self.limits.max_key_bytes)
+        Key::parse_client(raw, self.limits.max_key_bytes)
     }
 
     /// Checks a write against the entry limits of SPEC §2 and the L1 capacity.
@@ -399,7 +402,7 @@ impl Engine {
                 .depends_on
                 .iter()
                 .map(|raw| {
-                    Key::parse(raw, limits.max_key_bytes)
+                    Key::parse_client(raw, limits.max_key_bytes)
                         .map_err(|err| EngineError::InvalidDependencies(err.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?,

@@ -55,6 +55,35 @@ impl ApiError {
         )
     }
 
+    /// A `Content-Encoding` this service does not decode (`coding` names it).
+    pub fn unsupported_content_encoding(coding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            format!("content coding {coding:?} is not supported: send gzip, zstd, br or none"),
+        )
+    }
+
+    pub fn unsupported_transfer_encoding() -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_encoding",
+            "only the chunked transfer coding is supported (use Content-Encoding to compress a body)",
+        )
+    }
+
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers are larger than server.max_header_bytes ({limit})"),
+        )
+    }
+
+    pub fn invalid_host(message: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_host", message)
+    }
+
     pub fn not_configured(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
@@ -77,6 +106,12 @@ impl ApiError {
 
     pub fn not_ready() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "start-up loading is not finished")
+    }
+
+    /// The stable snake_case code of the error body.
+    #[cfg(test)]
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     /// Prefixes the message with where in the request the problem is (`entries[3]: ...`).

@@ -1,5 +1,6 @@
-//! The request guard: one service around the whole router that checks the bearer token
-//! (`auth.rs`, before anything reads the body), sheds load past `server.max_concurrency`,
+//! The request guard: one service around the whole router that puts the path in its one
+//! canonical spelling (`path.rs`), refuses a head that breaks HTTP's rules (`conformance.rs`),
+//! checks the bearer token (`auth.rs`, before anything reads the body), sheds load past `server.max_concurrency`,
 //! bounds each request by `server.request_timeout_ms`, turns a handler's panic into a 500, and
 //! records the request's metrics and debug log line.
 //!
@@ -17,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::HttpBody;
 use axum::extract::Request;
-use axum::http::Method;
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
-use super::AppState;
+use super::{conformance, path, AppState};
 
 /// Routes that must answer even when the service is saturated.
 const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
@@ -95,23 +96,37 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let started = Instant::now();
+        // Everything from here on (route, auth, router) sees one spelling of the path.
+        if let Some(uri) = path::canonical(request.uri()) {
+            *request.uri_mut() = uri;
+        }
         let route = route_of(request.uri().path());
         let method = method_label(request.method());
         let answered = |response: Response| {
             record(&self.state, route, method, &response, started);
             GuardFuture { state: State::Done { response: Some(response) } }
         };
-        // A request refused before its body was read: the body is drained first (see `drain`).
-        let refused = |request: Request, response: Response| {
+        // A request refused before its body was read. A client waiting for `100 Continue` has
+        // sent no body: it is answered at once and the connection closed (hyper sends the 100
+        // only when the body is read). Any other client may be sending its body: it is
+        // drained first (see `drain`).
+        let refused = |request: Request, mut response: Response| {
             if request.body().size_hint().exact() == Some(0) {
+                return answered(response);
+            }
+            if conformance::expects_continue(request.headers()) {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return answered(response);
             }
             record(&self.state, route, method, &response, started);
             let drain = Box::pin(drain(request, self.state.server.max_body_bytes, self.state.server.request_timeout));
             GuardFuture { state: State::Draining { drain, response: Some(response) } }
         };
+        if let Some(err) = conformance::refusal(&request, self.state.server.max_header_bytes) {
+            return refused(request, err.into_response());
+        }
         if let Some(response) = self.state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
             return refused(request, response);
         }
@@ -288,7 +303,8 @@ mod tests {
         let state = super::super::state_for_tests(&crate::config::Settings::default());
         for in_call in [true, false] {
             let guard = GuardLayer::new(state.clone()).layer(Panicking { in_call });
-            let request = Request::builder().uri("/api/cache/k").body(axum::body::Body::empty()).unwrap();
+            let request =
+                Request::builder().uri("/api/cache/k").header("host", "test").body(axum::body::Body::empty()).unwrap();
             let response = guard.oneshot(request).await.unwrap();
             assert_eq!(response.status(), 500);
             let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();

@@ -2,9 +2,11 @@
 //! Handlers parse and check input, make one or two engine calls, and shape the response.
 
 mod auth;
+mod conformance;
 mod error;
 mod extract;
 mod middleware;
+mod path;
 mod render;
 mod routes;
 mod server;
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use std::convert::Infallible;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
@@ -70,17 +72,14 @@ impl AppState {
     }
 }
 
-/// The service that answers every request: the guard (`middleware.rs`) and the body limit,
-/// around the router. Layered from outside so the hit path pays for no boxing
-/// per layer.
+/// The service that answers every request: the guard (`middleware.rs`) around the router.
+/// Layered from outside so the hit path pays for no boxing per layer. Bodies are bounded where
+/// they are read (`extract::read_body`), not by a layer.
 pub(crate) fn service(
     state: AppState,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static
 {
-    ServiceBuilder::new()
-        .layer(middleware::GuardLayer::new(state.clone()))
-        .layer(DefaultBodyLimit::max(state.server.max_body_bytes))
-        .service(router(state))
+    ServiceBuilder::new().layer(middleware::GuardLayer::new(state.clone())).service(router(state))
 }
 
 /// Every route of SPEC §3. The fixed routes are literal paths, so they win over a key of the

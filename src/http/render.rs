@@ -178,13 +178,17 @@ fn with_headers(status: StatusCode, headers: HeaderMap, body: Body) -> Response 
     response
 }
 
-/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored,
-/// `*` matches any current entry.
+/// `If-None-Match` uses the weak comparison (RFC 9110 §8.8.3.2): `W/` prefixes are ignored on
+/// both sides, `*` matches any current entry.
 fn etag_matches(condition: &[u8], etag: &str) -> bool {
     let Ok(condition) = std::str::from_utf8(condition) else {
         return false;
     };
-    condition.split(',').map(str::trim).any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+    let opaque = etag.strip_prefix("W/").unwrap_or(etag);
+    condition
+        .split(',')
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == opaque)
 }
 
 #[cfg(test)]
@@ -193,12 +197,14 @@ mod tests {
 
     #[test]
     fn if_none_match_lists_and_weak_tags() {
-        let etag = "\"abc\"";
-        assert!(etag_matches(b"\"abc\"", etag));
-        assert!(etag_matches(b"W/\"abc\"", etag));
-        assert!(etag_matches(b"\"x\", \"abc\"", etag));
-        assert!(etag_matches(b"*", etag));
-        assert!(!etag_matches(b"\"abd\"", etag));
-        assert!(!etag_matches(b"abc", etag));
+        for etag in ["\"abc\"", "W/\"abc\""] {
+            assert!(etag_matches(b"\"abc\"", etag));
+            assert!(etag_matches(b"W/\"abc\"", etag));
+            assert!(etag_matches(b"\"x\", W/\"abc\"", etag));
+            assert!(etag_matches(b"*", etag));
+            assert!(!etag_matches(b"\"abd\"", etag));
+            assert!(!etag_matches(b"abc", etag));
+            assert!(!etag_matches(b"W/abc", etag));
+        }
     }
 }

@@ -5,8 +5,11 @@
 //!   it, so neither holds a socket forever;
 //! - a failed accept (out of file descriptors under a connection flood) is logged and retried
 //!   after a pause instead of spinning;
-//! - a connection's read buffer is bounded ([`READ_BUFFER_MAX`]), so many clients sending
-//!   large bodies at once cost little beyond the bodies being handled;
+//! - a connection's read buffer is bounded ([`READ_BUFFER_MAX`], or a little more than
+//!   `server.max_header_bytes` when that is larger), so many clients sending large bodies at
+//!   once cost little beyond the bodies being handled. The buffer bounds a request head too:
+//!   hyper answers a head that overflows it with its own 431 (no body), one that fits reaches
+//!   the guard, which checks `server.max_header_bytes` exactly;
 //! - graceful shutdown: stop accepting, let every open connection finish its request in
 //!   flight and close (the caller bounds the wait with `server.shutdown_grace_ms`).
 
@@ -29,18 +32,28 @@ use tower::{Service, ServiceExt};
 /// request head as well.
 const READ_BUFFER_MAX: usize = 64 * 1024;
 
+/// Room in the read buffer beyond `server.max_header_bytes` for the request line and a little
+/// more, so that a head just past the limit is answered by the guard (431 in the JSON shape).
+const HEAD_SLACK: usize = 16 * 1024;
+
 /// Pause after a failed accept (EMFILE, ENFILE, ECONNABORTED…), so a flood cannot spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `service` on `listener` until `stop` is cancelled, then waits for open connections
 /// to finish their request in flight.
-pub(crate) async fn serve<S>(listener: TcpListener, service: S, head_timeout: Duration, stop: CancellationToken)
-where
+pub(crate) async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    head_timeout: Duration,
+    max_header_bytes: usize,
+    stop: CancellationToken,
+) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(true).max_buf_size(READ_BUFFER_MAX);
+    let read_buffer = READ_BUFFER_MAX.max(max_header_bytes.saturating_add(HEAD_SLACK));
+    http.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(true).max_buf_size(read_buffer);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {

@@ -1,5 +1,5 @@
-//! Fuzzing the HTTP decoders: random keys, bodies, paths and content types thrown at the real
-//! router never produce a 5xx, and every error is the JSON error shape. Cases: 512 in the test
+//! Fuzzing the HTTP decoders: random keys, bodies, paths, content types and codings thrown at
+//! the real router never produce a 5xx, and every error is the JSON error shape. Cases: 512 in the test
 //! command, `TIERCACHE_FUZZ_CASES` (bench/fuzz.sh: 100 000) otherwise.
 
 use axum::body::Body;
@@ -65,6 +65,8 @@ proptest! {
         path in path(),
         body in body(),
         content_type in prop::option::of(prop::sample::select(vec!["application/json", "text/plain", "application/x-ndjson", "garbage"])),
+        content_encoding in prop::option::of(prop::sample::select(vec!["gzip", "zstd", "br", "identity", "deflate", "gzip, br", "x-gzip"])),
+        host in prop::option::weighted(0.9, Just("127.0.0.1")),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let mut settings = tiercache::Settings::default();
@@ -74,6 +76,12 @@ proptest! {
         let mut request = Request::builder().method(method).uri(&path);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
+        }
+        if let Some(content_encoding) = content_encoding {
+            request = request.header("content-encoding", content_encoding);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
         }
         let Ok(request) = request.body(Body::from(body)) else { return Ok(()) };
         let response = runtime.block_on(router.oneshot(request)).unwrap();

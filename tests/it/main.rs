@@ -13,6 +13,7 @@ mod exhaustion;
 mod faults;
 mod fuzz;
 mod harness;
+mod http_rules;
 mod invalidation;
 mod l2;
 mod lifecycle;

@@ -76,6 +76,16 @@ impl TestApp {
         self.send(request).await
     }
 
+    /// A request with any method, headers and raw body bytes.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> TestResponse {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut request = self.client.request(method, self.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -371,6 +381,43 @@ impl RawConnection {
             .unwrap_or_else(|| panic!("no status line: {text:?}"));
         let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
         (status, body)
+    }
+}
+
+impl RawConnection {
+    /// Reads until `needle` has arrived (or the connection ends), within [`DEADLINE`].
+    pub async fn read_until(&mut self, needle: &[u8]) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = Vec::new();
+        let read = async {
+            while find(&buffer, needle).is_none() {
+                let mut chunk = [0u8; 4096];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, read).await.expect("the bytes in time");
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// Everything the server sends until it closes the connection, and whether it closed it
+    /// within `within` (a reset counts as closed).
+    pub async fn read_to_close(&mut self, within: Duration) -> (String, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = Vec::new();
+        let read = async {
+            loop {
+                let mut chunk = [0u8; 4096];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let closed = tokio::time::timeout(within, read).await.is_ok();
+        (String::from_utf8_lossy(&buffer).into_owned(), closed)
     }
 }
 
