@@ -21,10 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The contract test's Python tools, in a virtualenv rebuilt only when the pins change.
+# The contract tests' Python tools, in a virtualenv rebuilt only when the pins change.
 pyenv=target/pyenv
 if ! cmp -s tests/contract/requirements.txt "$pyenv/requirements.txt"; then
-  echo "creating $pyenv (schemathesis, openapi-spec-validator)"
+  echo "creating $pyenv (schemathesis, openapi-spec-validator, openapi-python-client)"
   rm -rf "$pyenv"
   python3 -m venv "$pyenv"
   "$pyenv/bin/pip" install -q --disable-pip-version-check -r tests/contract/requirements.txt

@@ -333,6 +333,11 @@ async fn request_headers_past_max_header_bytes_are_431() {
     let (status, _) = raw_status(&app, &format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n")).await;
     assert_eq!(status, 431);
 
+    // A request target past hyper's limit: its own 414, with no body (openapi.yaml says so).
+    let (status, body) =
+        raw_status(&app, &format!("GET /api/cache/{} HTTP/1.1\r\nHost: a\r\n\r\n", "k".repeat(66_000))).await;
+    assert_eq!((status, body.as_str()), (414, ""));
+
     let roomy = TestApp::spawn(|s| s.server.max_header_bytes = 256 * 1024).await;
     let big = format!("GET /health HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "v".repeat(114_000));
     assert_eq!(raw_status(&roomy, &big).await.0, 200, "a larger limit is honoured");
