@@ -48,7 +48,8 @@ pub(crate) const FIXED_ROUTES: [&str; 13] = [
 const KEY_ROUTE: &str = "/api/cache/{*key}";
 const UNMATCHED: &str = "unmatched";
 
-/// The route template axum matches `path` (raw, as received) to, or `unmatched`.
+/// The route template axum matches `path` (as the router gets it: canonical, see `path.rs`) to,
+/// or `unmatched`.
 pub(crate) fn route_of(path: &str) -> &'static str {
     if let Some(route) = FIXED_ROUTES.iter().find(|route| **route == path) {
         return route;
@@ -268,9 +269,25 @@ mod tests {
         assert_eq!(route_of("/api/cache/"), "/api/cache/");
         assert_eq!(route_of("/api/cache/user:1"), KEY_ROUTE);
         assert_eq!(route_of("/api/cache/batch/other"), KEY_ROUTE);
-        assert_eq!(route_of("/api/cache/%69nvalidate"), KEY_ROUTE, "raw paths, as axum matches them");
+        // The path as the router sees it: the guard has already made it canonical (path.rs).
+        assert_eq!(route_of("/api/cache/%69nvalidate"), KEY_ROUTE, "as axum matches an uncanonical path");
         assert_eq!(route_of("/health/"), UNMATCHED);
         assert_eq!(route_of("/nope"), UNMATCHED);
+    }
+
+    /// SPEC §21: every fixed route's name under `/api/cache/` is refused as a key, and nothing
+    /// else is.
+    #[test]
+    fn the_reserved_keys_are_the_fixed_routes_under_the_key_prefix() {
+        let mut names: Vec<&str> = FIXED_ROUTES
+            .iter()
+            .filter_map(|route| route.strip_prefix(super::super::extract::KEY_PREFIX))
+            .filter(|name| !name.is_empty())
+            .collect();
+        let mut reserved = crate::engine::key::RESERVED_KEYS.to_vec();
+        names.sort_unstable();
+        reserved.sort_unstable();
+        assert_eq!(names, reserved);
     }
 
     /// A handler that panics when called or when polled: the guard answers 500 either way.
