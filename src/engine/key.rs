@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::error::EngineError;
 
-/// Names a client cannot use as keys (SPEC §21): the fixed routes under `/api/cache/` take
+/// Names a client cannot write as keys (SPEC §21): the fixed routes under `/api/cache/` take
 /// them, so an entry of that name could be written (through a body) but never read back with
 /// `GET /api/cache/{key}`.
 pub const RESERVED_KEYS: [&str; 8] =
@@ -26,13 +26,15 @@ impl Key {
         Ok(Key(Arc::from(raw)))
     }
 
-    /// [`Key::parse`] for a key a client names (a path, a body, a warm item), which may not be
-    /// one of the [`RESERVED_KEYS`]. Keys read back from L2, a snapshot or a peer's message go
-    /// through [`Key::parse`] alone, so what an older version stored stays readable.
+    /// [`Key::parse`] for a key an entry is about to be made under (a write, a prefetch or
+    /// warm item), which may not be one of the [`RESERVED_KEYS`]. Reads,
+    /// invalidations and dependencies name keys through [`Key::parse`] alone, as do keys read
+    /// back from L2, a snapshot or a peer's message: an entry of such a name that an older
+    /// version stored stays readable (batch/get) and removable (invalidate by key).
     ///
     /// # Errors
     /// As [`Key::parse`], and [`EngineError::InvalidKey`] for a reserved name.
-    pub fn parse_client(raw: &str, max_key_bytes: usize) -> Result<Key, EngineError> {
+    pub fn parse_writable(raw: &str, max_key_bytes: usize) -> Result<Key, EngineError> {
         if RESERVED_KEYS.contains(&raw) {
             return Err(EngineError::InvalidKey(format!("{raw:?} is the name of a fixed route, not a key")));
         }
@@ -131,14 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn fixed_route_names_are_not_client_keys() {
+    fn fixed_route_names_are_not_writable_keys() {
         for name in RESERVED_KEYS {
-            assert!(Key::parse_client(name, 512).is_err(), "{name}");
+            assert!(Key::parse_writable(name, 512).is_err(), "{name}");
             assert!(Key::parse(name, 512).is_ok(), "{name} stays readable from stored data");
         }
-        assert!(Key::parse_client("metrics/", 512).is_ok());
-        assert!(Key::parse_client("batch", 512).is_ok());
-        assert!(Key::parse_client("", 512).is_err());
+        assert!(Key::parse_writable("metrics/", 512).is_ok());
+        assert!(Key::parse_writable("batch", 512).is_ok());
+        assert!(Key::parse_writable("", 512).is_err());
     }
 
     #[test]

@@ -354,13 +354,20 @@ impl Engine {
         &self.clock
     }
 
-    /// A key a client names.
+    /// # Errors
+    /// [`EngineError::InvalidKey`] for an empty, too long or control-character key.
+    pub fn parse_key(&self, raw: &str) -> Result<Key, EngineError> {
+        Key::parse(raw, self.limits.max_key_bytes)
+    }
+
+    /// A key an entry is about to be made under through the origin (prefetch, `warm.keys`);
+    /// [`Engine::validate`] checks the same for written entries ([`Key::parse_writable`]).
     ///
     /// # Errors
-    /// [`EngineError::InvalidKey`] for an empty, too long or control-character key, or the name
-    /// of a fixed route ([`key::RESERVED_KEYS`]).
-    pub fn parse_key(&self, raw: &str) -> Result<Key, EngineError> {
-        Key::parse_client(raw, self.limits.max_key_bytes)
+    /// As [`Engine::parse_key`], and [`EngineError::InvalidKey`] for the name of a fixed route
+    /// ([`key::RESERVED_KEYS`]).
+    pub fn parse_writable_key(&self, raw: &str) -> Result<Key, EngineError> {
+        Key::parse_writable(raw, self.limits.max_key_bytes)
     }
 
     /// Checks a write against the entry limits of SPEC §2 and the L1 capacity.
@@ -369,6 +376,9 @@ impl Engine {
     /// The first limit the write breaks.
     pub fn validate(&self, request: WriteRequest) -> Result<ValidWrite, EngineError> {
         let limits = &self.limits;
+        // Every client write comes through here (PUT, batch/set, warm items), whatever route
+        // or body named the key.
+        Key::parse_writable(request.key.as_str(), limits.max_key_bytes)?;
         if request.value.len() > limits.max_value_bytes {
             return Err(EngineError::ValueTooLarge(format!(
                 "value is {} bytes serialized, the limit is {}",
@@ -402,7 +412,7 @@ impl Engine {
                 .depends_on
                 .iter()
                 .map(|raw| {
-                    Key::parse_client(raw, limits.max_key_bytes)
+                    Key::parse(raw, limits.max_key_bytes)
                         .map_err(|err| EngineError::InvalidDependencies(err.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?,

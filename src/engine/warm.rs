@@ -250,7 +250,7 @@ impl Warmer {
         let keys = self.config.keys.clone();
         let mut fetches = futures_util::stream::iter(keys)
             .map(|raw| async move {
-                let key = engine.parse_key(&raw).ok()?;
+                let key = engine.parse_writable_key(&raw).ok()?;
                 engine.fetch_into_cache(&key, false).await.then_some(())
             })
             .buffer_unordered(self.config.parallelism.max(1));

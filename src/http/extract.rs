@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use futures_util::TryStreamExt;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader};
 
 use super::error::ApiError;
 use super::{path, AppState};
@@ -98,22 +98,44 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError
         };
     }
     let mut wire = wire_reader(body, limit);
-    let mut decoded = Vec::new();
-    let read = decoder(&mut wire, &codings).take(limit as u64 + 1).read_to_end(&mut decoded).await;
+    let read = read_bounded(decoder(&mut wire, &codings), limit).await;
     match read {
-        Ok(_) if decoded.len() > limit => {
+        Ok(Some(decoded)) => Ok(Bytes::from(decoded)),
+        Ok(None) => {
             // The rest of the body as sent (at most `limit`, within the request timeout) is
             // read and dropped without decoding it, so the client gets the 413 rather than a
             // reset while it still sends.
             let _ = tokio::io::copy(&mut wire, &mut tokio::io::sink()).await;
             Err(too_large())
         }
-        Ok(_) => Ok(Bytes::from(decoded)),
         Err(err) if err.get_ref().is_some_and(|inner| inner.is::<WireLimit>()) => Err(too_large()),
         Err(err) if err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::UnexpectedEof => {
             Err(ApiError::bad_request("invalid_body", "request body could not be decompressed"))
         }
         Err(_) => Err(ApiError::bad_request("invalid_body", "request body could not be read")),
+    }
+}
+
+/// Everything `reader` yields, or `None` as soon as it passes `limit` bytes. The buffer never
+/// holds more than `limit` bytes of capacity (where `read_to_end` could double past it).
+async fn read_bounded(mut reader: impl AsyncRead + Unpin, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    const CHUNK: usize = 16 * 1024;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut out = Vec::new();
+    loop {
+        let read = reader.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(Some(out));
+        }
+        let len = out.len() + read;
+        if len > limit {
+            return Ok(None);
+        }
+        if len > out.capacity() {
+            let capacity = (out.capacity() * 2).max(len).min(limit);
+            out.reserve_exact(capacity - out.len());
+        }
+        out.extend_from_slice(&chunk[..read]);
     }
 }
 
@@ -176,6 +198,9 @@ fn decoder<'a>(
     codings: &[Coding],
 ) -> Pin<Box<dyn AsyncBufRead + Send + 'a>> {
     let mut reader: Pin<Box<dyn AsyncBufRead + Send + 'a>> = Box::pin(wire);
+    // Every decoder reads to the end of its input: concatenated gzip members and zstd frames
+    // are one body (RFC 1952, RFC 8878), and bytes after the last one are an error, not
+    // silently dropped.
     for coding in codings.iter().rev() {
         reader = match coding {
             Coding::Gzip => {
@@ -186,9 +211,15 @@ fn decoder<'a>(
             // RFC 9659's 8 MiB window, not the library's 128 MiB: the window is memory a body
             // can make the decoder allocate whatever the limit.
             Coding::Zstd => {
-                Box::pin(BufReader::new(async_compression::tokio::bufread::ZstdDecoder::new_for_http(reader)))
+                let mut decoder = async_compression::tokio::bufread::ZstdDecoder::new_for_http(reader);
+                decoder.multiple_members(true);
+                Box::pin(BufReader::new(decoder))
             }
-            Coding::Brotli => Box::pin(BufReader::new(async_compression::tokio::bufread::BrotliDecoder::new(reader))),
+            Coding::Brotli => {
+                let mut decoder = async_compression::tokio::bufread::BrotliDecoder::new(reader);
+                decoder.multiple_members(true);
+                Box::pin(BufReader::new(decoder))
+            }
         };
     }
     reader

@@ -32,7 +32,7 @@ pub async fn queue(
     let mut items = Vec::with_capacity(body.items.len());
     for (idx, item) in body.items.into_iter().enumerate() {
         let at = |err: ApiError| err.with_context(&format!("items[{idx}]"));
-        let key = state.engine.parse_key(&item.key).map_err(|err| at(err.into()))?;
+        let key = state.engine.parse_writable_key(&item.key).map_err(|err| at(err.into()))?;
         match item.priority {
             Some(priority) if (0.0..=1.0).contains(&priority) => items.push((key, priority)),
             _ => {
