@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::config::Parts;
 use crate::engine::snapshot::Persistence;
 use crate::engine::warm::Warmer;
 use crate::engine::{Clock, Engine};
@@ -56,102 +56,31 @@ impl App {
     ///
     /// # Errors
     /// When the listen address cannot be bound.
-    pub async fn start(settings: Settings) -> anyhow::Result<App> {
-        let instance_id = if settings.server.instance_id.is_empty() {
-            generate_instance_id()
-        } else {
-            settings.server.instance_id.clone()
-        };
-        let metrics = Arc::new(Metrics::new());
-        let engine =
-            Arc::new(Engine::new(settings.engine_config(), instance_id.clone(), metrics.clone(), Clock::new()));
-        tracing::info!(max_entries = settings.l1.max_entries, max_bytes = settings.l1.max_bytes, "l1 open");
-
+    pub async fn start(parts: Parts) -> anyhow::Result<App> {
+        let instance_id = parts.server.instance_id.clone().unwrap_or_else(generate_instance_id);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let supervisor = Supervisor::new(tasks.clone(), shutdown.clone());
-        supervisor.spawn("sweeper", tasks::sweeper::run(engine.clone(), settings.cleanup_interval(), shutdown.clone()));
-        supervisor.spawn(
-            "metrics_reporter",
-            tasks::metrics_reporter::run(engine.clone(), settings.metrics_interval(), shutdown.clone()),
-        );
-        if engine.has_l2() {
-            tracing::info!("l2 connecting in the background");
-            supervisor.spawn("l2_monitor", tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
-            supervisor.spawn("subscriber", tasks::subscriber::run(engine.clone(), shutdown.clone()));
-        }
-        if engine.has_origin() {
-            for _ in 0..settings.prefetch_workers() {
-                supervisor.spawn("prefetch", tasks::prefetch::run(engine.clone(), shutdown.clone()));
-            }
-        }
+        let core = Core::assemble(&parts, instance_id.clone(), supervisor.health());
+        let engine = core.engine.clone();
+        tracing::info!(max_entries = parts.cache.l1.max_entries.get(), max_bytes = parts.cache.l1.max_bytes, "l1 open");
+        spawn_tier_tasks(&supervisor, &core.engine, &parts, &shutdown);
+        let start = core.decide_start_load();
+        spawn_load_tasks(&supervisor, &core, &parts, start, &shutdown);
 
-        let persistence = settings.persistence_path().map(|path| Arc::new(Persistence::new(path)));
-        let warmer = Arc::new(Warmer::new(settings.warm_config()));
-        let start = match (&persistence, warmer.is_configured()) {
-            (Some(persistence), _) if persistence.has_snapshot() => {
-                engine.begin_restore(); // Before the server answers: see Engine::begin_restore.
-                StartLoad::Restore
-            }
-            (_, true) => {
-                warmer.try_begin(engine.clock().now_ms());
-                StartLoad::Warm
-            }
-            _ => StartLoad::Nothing,
-        };
-        tracing::info!(load = ?start, "start-up load decided");
-        let ready = Arc::new(AtomicBool::new(start != StartLoad::Warm));
-        let warm_trigger = Arc::new(Notify::new());
-        let warmer_task = tasks::warmer::WarmerTask {
-            engine: engine.clone(),
-            warmer: warmer.clone(),
-            persistence: persistence.clone(),
-            interval: settings.warm_interval(),
-            trigger: warm_trigger.clone(),
-            ready: ready.clone(),
-        };
-        supervisor.spawn("warmer", warmer_task.run(start, shutdown.clone()));
-        if let Some(persistence) = &persistence {
-            supervisor.spawn(
-                "snapshotter",
-                tasks::snapshotter::run(
-                    engine.clone(),
-                    persistence.clone(),
-                    settings.persistence_interval(),
-                    shutdown.clone(),
-                ),
-            );
-        }
-        let server_config = settings.server_config();
-        let state = AppState::new(http::Shared {
-            engine: engine.clone(),
-            metrics,
-            instance_id: instance_id.clone(),
-            started: Instant::now(),
-            ready: ready.clone(),
-            metrics_enabled: settings.metrics.enabled,
-            in_flight: Arc::new(Semaphore::new(server_config.max_concurrency)),
-            server: server_config.clone(),
-            warmer,
-            warm_trigger,
-            persistence: persistence.clone(),
-            auth: http::Auth::new(&settings.auth_config()),
-            tasks: supervisor.health(),
-        });
-
-        let listen = settings.listen_addr();
+        let listen = parts.server.listen;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding server.listen {listen}"))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let stop_accepting = CancellationToken::new();
         let server = tokio::spawn(http::serve(
             listener,
-            http::service(state),
-            server_config.request_timeout,
-            server_config.max_header_bytes,
+            http::service(core.state.clone()),
+            parts.server.request_timeout,
+            parts.server.max_header_bytes,
             stop_accepting.clone(),
         ));
-        tracing::info!(%local_addr, instance_id, ready = ready.load(Ordering::Acquire), "listening");
+        tracing::info!(%local_addr, instance_id, ready = core.ready.load(Ordering::Acquire), "listening");
         Ok(App {
             local_addr,
             instance_id,
@@ -159,9 +88,9 @@ impl App {
             shutdown,
             tasks,
             engine,
-            persistence,
+            persistence: core.persistence,
             server,
-            shutdown_grace: server_config.shutdown_grace,
+            shutdown_grace: parts.server.shutdown_grace,
             task_health: supervisor.health(),
         })
     }
@@ -206,6 +135,119 @@ impl App {
             let _ = persistence.snapshot(&self.engine).await;
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// What answers requests: the engine and everything the HTTP layer reaches, before any task
+/// runs. `App::start` adds the tasks and the listener; the router tests use it alone.
+pub(crate) struct Core {
+    pub engine: Arc<Engine>,
+    pub state: AppState,
+    pub warmer: Arc<Warmer>,
+    pub persistence: Option<Arc<Persistence>>,
+    /// Set once the start-up load of SPEC §7 is done.
+    pub ready: Arc<AtomicBool>,
+    pub warm_trigger: Arc<Notify>,
+}
+
+impl Core {
+    pub(crate) fn assemble(parts: &Parts, instance_id: String, tasks: Arc<TaskHealth>) -> Core {
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(Engine::new(
+            &parts.instance,
+            parts.cache.clone(),
+            instance_id.clone(),
+            metrics.clone(),
+            Clock::new(),
+        ));
+        let persistence =
+            parts.cache.persistence.as_ref().map(|config| Arc::new(Persistence::new(config.path.clone())));
+        let warmer = Arc::new(Warmer::new(parts.cache.warm.clone()));
+        let ready = Arc::new(AtomicBool::new(false));
+        let warm_trigger = Arc::new(Notify::new());
+        let state = AppState::new(http::Shared {
+            engine: engine.clone(),
+            metrics,
+            instance_id,
+            started: Instant::now(),
+            ready: ready.clone(),
+            metrics_enabled: parts.metrics.enabled,
+            in_flight: Arc::new(Semaphore::new(parts.server.max_concurrency)),
+            server: parts.server.clone(),
+            warmer: warmer.clone(),
+            warm_trigger: warm_trigger.clone(),
+            persistence: persistence.clone(),
+            auth: http::Auth::new(&parts.auth),
+            tasks,
+        });
+        Core { engine, state, warmer, persistence, ready, warm_trigger }
+    }
+
+    /// The start-up load of SPEC §7, decided before the server answers (a restore starts
+    /// recording client changes now, a warm claims its run); sets readiness accordingly.
+    fn decide_start_load(&self) -> StartLoad {
+        let start = match (&self.persistence, self.warmer.is_configured()) {
+            (Some(persistence), _) if persistence.has_snapshot() => {
+                self.engine.begin_restore(); // Before the server answers: see Engine::begin_restore.
+                StartLoad::Restore
+            }
+            (_, true) => {
+                self.warmer.try_begin(self.engine.clock().now_ms());
+                StartLoad::Warm
+            }
+            _ => StartLoad::Nothing,
+        };
+        tracing::info!(load = ?start, "start-up load decided");
+        self.ready.store(start != StartLoad::Warm, Ordering::Release);
+        start
+    }
+}
+
+/// Spawns the tasks that keep the tiers (sweeper, metrics, L2 connection and subscriber,
+/// prefetch workers), before the start-up load is decided, as the start-up log shows.
+fn spawn_tier_tasks(supervisor: &Supervisor, engine: &Arc<Engine>, parts: &Parts, shutdown: &CancellationToken) {
+    let cache = &parts.cache;
+    supervisor.spawn("sweeper", tasks::sweeper::run(engine.clone(), cache.l1.cleanup_interval, shutdown.clone()));
+    supervisor.spawn(
+        "metrics_reporter",
+        tasks::metrics_reporter::run(engine.clone(), parts.metrics.interval, shutdown.clone()),
+    );
+    if engine.has_l2() {
+        tracing::info!("l2 connecting in the background");
+        supervisor.spawn("l2_monitor", tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
+        supervisor.spawn("subscriber", tasks::subscriber::run(engine.clone(), shutdown.clone()));
+    }
+    if engine.has_origin() {
+        for _ in 0..cache.prefetch.workers {
+            supervisor.spawn("prefetch", tasks::prefetch::run(engine.clone(), shutdown.clone()));
+        }
+    }
+}
+
+/// Spawns the tasks of the start-up load and the schedules after it (warmer, snapshotter).
+fn spawn_load_tasks(
+    supervisor: &Supervisor,
+    core: &Core,
+    parts: &Parts,
+    start: StartLoad,
+    shutdown: &CancellationToken,
+) {
+    let engine = &core.engine;
+    let cache = &parts.cache;
+    let warmer_task = tasks::warmer::WarmerTask {
+        engine: engine.clone(),
+        warmer: core.warmer.clone(),
+        persistence: core.persistence.clone(),
+        interval: cache.warm.interval,
+        trigger: core.warm_trigger.clone(),
+        ready: core.ready.clone(),
+    };
+    supervisor.spawn("warmer", warmer_task.run(start, shutdown.clone()));
+    if let (Some(persistence), Some(config)) = (&core.persistence, &cache.persistence) {
+        supervisor.spawn(
+            "snapshotter",
+            tasks::snapshotter::run(engine.clone(), persistence.clone(), config.interval, shutdown.clone()),
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tiercache::config::{LogConfig, LogFormat, Parts};
 use tiercache::{App, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -27,20 +28,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
-        Ok(settings) => settings,
+    let parts = match Settings::load(args.config.as_deref(), std::env::vars()).and_then(|settings| settings.parts()) {
+        Ok(parts) => parts,
         Err(err) => {
             eprintln!("tiercache: config error: {err}");
             return ExitCode::from(2);
         }
     };
     if let Some(Command::Healthcheck) = args.command {
-        return healthcheck(settings.listen_addr().port());
+        return healthcheck(parts.server.listen.port());
     }
-    init_logging(&settings);
+    init_logging(&parts.log);
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(parts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -50,8 +51,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    let app = App::start(settings).await?;
+async fn run(parts: Parts) -> anyhow::Result<()> {
+    let app = App::start(parts).await?;
     wait_for_signal().await;
     // A second signal while draining exits at once.
     tokio::spawn(async {
@@ -73,13 +74,13 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(settings: &Settings) {
-    let filter = EnvFilter::try_new(&settings.log.level).expect("log.level was validated");
+/// Installs the log filter and format; `parts` checked that the filter parses.
+fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if settings.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

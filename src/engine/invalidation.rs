@@ -304,12 +304,13 @@ mod tests {
 
     use proptest::strategy::Strategy as _;
 
-    use crate::config::EngineConfig;
+    use crate::config::Parts;
     use crate::engine::{Clock, DeleteOutcome, Engine, Key, WriteRequest};
     use crate::metrics::Metrics;
 
     fn engine() -> Engine {
-        Engine::new(EngineConfig::for_tests(1000, 1 << 24), "me".into(), Arc::new(Metrics::new()), Clock::new())
+        let parts = Parts::for_tests(1000, 1 << 24);
+        Engine::new(&parts.instance, parts.cache, "me".into(), Arc::new(Metrics::new()), Clock::new())
     }
 
     proptest::proptest! {

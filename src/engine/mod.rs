@@ -44,7 +44,7 @@ use self::origin::Origin;
 pub use self::origin::OriginError;
 use self::prefetch::PrefetchQueue;
 use self::read::Resolved;
-use crate::config::{EngineConfig, EntryLimits, WritePolicy};
+use crate::config::{CacheConfig, EntryLimits, InstanceConfig, WritePolicy};
 use crate::metrics::{EvictionReason, Metrics};
 
 /// Which tier answered a read.
@@ -260,19 +260,25 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, instance_id: String, metrics: Arc<Metrics>, clock: Clock) -> Self {
+    pub fn new(
+        instance: &InstanceConfig,
+        config: CacheConfig,
+        instance_id: String,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
         Self {
             l1: L1::new(&config.l1, metrics.clone()),
-            l2: config.l2.map(|l2_config| L2::new(l2_config, metrics.clone())),
+            l2: instance.l2.clone().map(|l2_config| L2::new(l2_config, metrics.clone())),
             limits: config.limits,
-            write_policy: config.write_policy,
-            l1_max_ttl: config.l1_max_ttl,
-            channel: config.channel,
-            flush_l1_on_reconnect: config.flush_l1_on_reconnect,
-            grace: config.grace,
+            write_policy: instance.write_policy,
+            l1_max_ttl: config.lifetime.l1_max_ttl,
+            channel: instance.bus.channel.clone(),
+            flush_l1_on_reconnect: instance.bus.flush_l1_on_reconnect,
+            grace: config.lifetime.grace,
             origin: config.origin.map(Origin::new),
             flights: Flights::new(),
-            prefetch_queue: PrefetchQueue::new(config.prefetch_max_queue),
+            prefetch_queue: PrefetchQueue::new(config.prefetch.max_queue),
             background: TaskTracker::new(),
             instance_id,
             clock,
@@ -309,7 +315,7 @@ impl Engine {
         tokio::time::timeout(limit, self.background.wait()).await.is_ok()
     }
 
-    pub fn l2_config(&self) -> Option<&l2::L2Config> {
+    pub fn l2_config(&self) -> Option<&crate::config::L2Config> {
         self.l2.as_ref().map(L2::config)
     }
 

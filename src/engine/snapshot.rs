@@ -587,17 +587,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::EngineConfig;
+    use crate::config::Parts;
     use crate::engine::{Clock, WriteRequest};
     use crate::metrics::Metrics;
 
     fn engine() -> Arc<Engine> {
-        Arc::new(Engine::new(
-            EngineConfig::for_tests(10_000, 1 << 26),
-            "me".into(),
-            Arc::new(Metrics::new()),
-            Clock::new(),
-        ))
+        let parts = Parts::for_tests(10_000, 1 << 26);
+        Arc::new(Engine::new(&parts.instance, parts.cache, "me".into(), Arc::new(Metrics::new()), Clock::new()))
     }
 
     async fn put(engine: &Engine, key: &str, value: &str, ttl: u64, tags: &[&str], deps: &[&str]) {

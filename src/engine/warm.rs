@@ -18,25 +18,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Engine, EngineError, ValidWrite, WriteRequest};
+use crate::config::WarmConfig;
 
 /// Writes per `set_many` call while warming from a URL.
 const WRITE_BATCH: usize = 256;
-
-/// Where warm data comes from (`warm.url`, `warm.keys`), and how.
-#[derive(Debug, Clone, Default)]
-pub struct WarmConfig {
-    pub url: Option<String>,
-    pub keys: Vec<String>,
-    pub parallelism: usize,
-    /// Bounds one whole run.
-    pub timeout: Duration,
-}
-
-impl WarmConfig {
-    pub fn is_configured(&self) -> bool {
-        self.url.is_some() || !self.keys.is_empty()
-    }
-}
 
 /// `state` of a warm run as `GET /api/cache/warm` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +82,7 @@ impl Warmer {
             .build()
             .expect("the warm client builds with a TLS provider installed");
         let source = match (&config.url, config.keys.len()) {
-            (Some(url), 0) => Some(url.clone()),
+            (Some(url), 0) => Some(url.to_string()),
             (Some(url), n) => Some(format!("{url} + {n} keys")),
             (None, 0) => None,
             (None, n) => Some(format!("{n} keys")),
@@ -187,8 +172,8 @@ impl Warmer {
         Ok(())
     }
 
-    async fn load_url(&self, engine: &Engine, url: &str) -> Result<(), String> {
-        let mut response = self.client.get(url).send().await.map_err(|err| format!("warm source: {err}"))?;
+    async fn load_url(&self, engine: &Engine, url: &reqwest::Url) -> Result<(), String> {
+        let mut response = self.client.get(url.clone()).send().await.map_err(|err| format!("warm source: {err}"))?;
         if !response.status().is_success() {
             return Err(format!("warm source answered {}", response.status()));
         }
@@ -481,10 +466,11 @@ mod tests {
 
     fn engine() -> Engine {
         use std::sync::Arc;
-        let mut config = crate::config::EngineConfig::for_tests(1000, 1 << 24);
-        config.limits.max_key_bytes = 16;
-        config.limits.max_value_bytes = 64;
-        Engine::new(config, "me".into(), Arc::new(crate::metrics::Metrics::new()), crate::engine::Clock::new())
+        let mut parts = crate::config::Parts::for_tests(1000, 1 << 24);
+        parts.cache.limits.max_key_bytes = 16;
+        parts.cache.limits.max_value_bytes = 64;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        Engine::new(&parts.instance, parts.cache, "me".into(), metrics, crate::engine::Clock::new())
     }
 
     /// Warm items: objects with the item's fields, each of some JSON type, and extra ones.

@@ -29,7 +29,7 @@ use tower::{Service, ServiceBuilder};
 use crate::config::{ServerConfig, Settings};
 use crate::engine::snapshot::Persistence;
 use crate::engine::warm::Warmer;
-use crate::engine::{Clock, Engine};
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 
 /// What every handler can reach. Cheap to clone: one `Arc`.
@@ -108,6 +108,9 @@ fn router(state: AppState) -> Router {
 
 /// A router over a fresh engine built from `settings`, for tests that call it with
 /// `tower::ServiceExt::oneshot` instead of a listening server.
+///
+/// # Panics
+/// When `settings` are not valid.
 pub fn router_for_tests(
     settings: &Settings,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone + Send + Sync + 'static
@@ -116,24 +119,10 @@ pub fn router_for_tests(
 }
 
 fn state_for_tests(settings: &Settings) -> AppState {
-    let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(settings.engine_config(), "test".into(), metrics.clone(), Clock::new()));
-    let server = settings.server_config();
-    AppState::new(Shared {
-        engine,
-        metrics,
-        instance_id: "test".into(),
-        started: Instant::now(),
-        ready: Arc::new(AtomicBool::new(true)),
-        metrics_enabled: settings.metrics.enabled,
-        in_flight: Arc::new(Semaphore::new(server.max_concurrency)),
-        server,
-        warmer: Arc::new(Warmer::new(settings.warm_config())),
-        warm_trigger: Arc::new(Notify::new()),
-        persistence: settings.persistence_path().map(|path| Arc::new(Persistence::new(path))),
-        auth: auth::Auth::new(&settings.auth_config()),
-        tasks: Arc::default(),
-    })
+    let parts = settings.parts().expect("test settings are valid");
+    let core = crate::app::Core::assemble(&parts, "test".into(), Arc::default());
+    core.ready.store(true, std::sync::atomic::Ordering::Release);
+    core.state
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ async fn redis_down_at_start_up_is_not_fatal() {
 #[tokio::test]
 async fn the_required_policy_answers_503_and_leaves_nothing_in_l1() {
     let mut redis = RedisServer::start().await;
-    let app = TestApp::spawn_with_redis(&redis, |s| s.l2.write_policy = "required".into()).await;
+    let app = TestApp::spawn_with_redis(&redis, |s| s.l2.write_policy = tiercache::config::WritePolicy::Required).await;
     assert_eq!(app.put("k", json!({"value": 1})).await.json()["l2"], "stored");
     redis.kill();
     app.put("k", json!({"value": 2})).await.assert_error(503, "l2_unavailable");

@@ -612,7 +612,12 @@ mod tests {
     use crate::engine::entry::NewEntry;
 
     fn l1(max_entries: usize, max_bytes: u64) -> L1 {
-        L1::new(&L1Config { max_entries: NonZeroUsize::new(max_entries).unwrap(), max_bytes }, Arc::new(Metrics::new()))
+        let config = L1Config {
+            max_entries: NonZeroUsize::new(max_entries).unwrap(),
+            max_bytes,
+            cleanup_interval: std::time::Duration::from_secs(60),
+        };
+        L1::new(&config, Arc::new(Metrics::new()))
     }
 
     fn key(raw: &str) -> Key {

@@ -17,6 +17,8 @@
 
 use bytes::Bytes;
 
+use crate::config::Compression;
+
 const MAGIC: &[u8; 2] = b"TC";
 pub const VERSION: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
@@ -33,14 +35,6 @@ pub struct Envelope {
     pub expires_at_ms: u64,
     pub tags: Vec<String>,
     pub depends_on: Vec<String>,
-}
-
-/// How values are compressed on the way to L2.
-#[derive(Debug, Clone, Copy)]
-pub struct Compression {
-    /// `None` when `compression.algorithm = "none"`.
-    pub zstd_level: Option<i32>,
-    pub threshold_bytes: usize,
 }
 
 /// An encoded envelope, with what compression did to it (for `compression_ratio`).

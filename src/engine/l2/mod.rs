@@ -28,37 +28,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use self::breaker::{Breaker, Transition};
-pub use self::envelope::{Compression, Envelope};
+pub use self::envelope::Envelope;
+pub use crate::config::{Compression, L2Config, Target};
 use crate::metrics::Metrics;
-
-/// How to reach Redis: one server (URL) or a cluster (seed nodes).
-#[derive(Clone)]
-pub enum Target {
-    Single(String),
-    Cluster(Vec<String>),
-}
-
-impl std::fmt::Debug for Target {
-    /// URLs may carry a password: print only the shape.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Single(_) => f.write_str("Single(***)"),
-            Target::Cluster(nodes) => write!(f, "Cluster({} nodes)", nodes.len()),
-        }
-    }
-}
-
-/// The L2 part of the settings.
-#[derive(Debug, Clone)]
-pub struct L2Config {
-    pub target: Target,
-    pub key_prefix: String,
-    pub timeout: Duration,
-    pub breaker_failures: u32,
-    pub breaker_open_for: Duration,
-    pub compression: Compression,
-    pub max_value_bytes: usize,
-}
 
 /// Why an L2 call did not happen or did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -630,8 +602,8 @@ async fn open_connection(config: &L2Config) -> Result<Connection, L2Error> {
     let to_error = |err: redis::RedisError| L2Error::Redis(err.to_string());
     let connect = async {
         match &config.target {
-            Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(to_error)?;
+            Target::Single(node) => {
+                let client = redis::Client::open((**node).clone()).map_err(to_error)?;
                 let manager_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
                     .set_response_timeout(Some(config.timeout))
@@ -663,14 +635,14 @@ async fn open_connection(config: &L2Config) -> Result<Connection, L2Error> {
 /// # Errors
 /// When no node can be reached.
 pub(crate) async fn open_pubsub(config: &L2Config, channel: &str) -> Result<redis::aio::PubSub, L2Error> {
-    let urls = match &config.target {
-        Target::Single(url) => std::slice::from_ref(url),
-        Target::Cluster(nodes) => nodes.as_slice(),
+    let nodes: Vec<&redis::ConnectionInfo> = match &config.target {
+        Target::Single(node) => vec![node],
+        Target::Cluster(nodes) => nodes.iter().collect(),
     };
     let mut last_error = L2Error::NotConnected;
-    for url in urls {
+    for node in nodes {
         let subscribe = async {
-            let client = redis::Client::open(url.as_str())?;
+            let client = redis::Client::open((*node).clone())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -21,10 +21,11 @@ impl TestApp {
         settings.server.listen = "127.0.0.1:0".into();
         configure(&mut settings);
         // Port 0 (any free port) is for tests only; the config rules ask for 1..=65535.
-        let mut checked = settings.clone();
-        checked.server.listen = "127.0.0.1:1".into();
-        checked.validate().expect("test settings are valid");
-        let app = App::start(settings).await.expect("the app starts");
+        let listen = settings.server.listen.parse().expect("a socket address");
+        settings.server.listen = "127.0.0.1:1".into();
+        let mut parts = settings.parts().expect("test settings are valid");
+        parts.server.listen = listen;
+        let app = App::start(parts).await.expect("the app starts");
         let base = format!("http://{}", app.local_addr());
         TestApp { app: Some(app), base, client: client() }
     }
