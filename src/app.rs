@@ -19,15 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Parts;
-use crate::engine::snapshot::Persistence;
-use crate::engine::warm::Warmer;
-use crate::engine::{Clock, Engine};
+use crate::engine::{Cache, Clock, Instance};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::tasks::warmer::StartLoad;
@@ -44,8 +42,7 @@ pub struct App {
     /// Cancelled after the drain: every background task stops.
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    engine: Arc<Engine>,
-    persistence: Option<Arc<Persistence>>,
+    cache: Arc<Cache>,
     server: JoinHandle<()>,
     shutdown_grace: Duration,
     task_health: Arc<TaskHealth>,
@@ -62,9 +59,8 @@ impl App {
         let tasks = TaskTracker::new();
         let supervisor = Supervisor::new(tasks.clone(), shutdown.clone());
         let core = Core::assemble(&parts, instance_id.clone(), supervisor.health());
-        let engine = core.engine.clone();
         tracing::info!(max_entries = parts.cache.l1.max_entries.get(), max_bytes = parts.cache.l1.max_bytes, "l1 open");
-        spawn_tier_tasks(&supervisor, &core.engine, &parts, &shutdown);
+        spawn_tier_tasks(&supervisor, &core.cache, &parts, &shutdown);
         let start = core.decide_start_load();
         spawn_load_tasks(&supervisor, &core, &parts, start, &shutdown);
 
@@ -87,8 +83,7 @@ impl App {
             stop_accepting,
             shutdown,
             tasks,
-            engine,
-            persistence: core.persistence,
+            cache: core.cache,
             server,
             shutdown_grace: parts.server.shutdown_grace,
             task_health: supervisor.health(),
@@ -127,46 +122,34 @@ impl App {
         if tokio::time::timeout(TASK_STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop in time");
         }
-        if !self.engine.finish_background(TASK_STOP_TIMEOUT).await {
+        if !self.cache.instance().finish_background(TASK_STOP_TIMEOUT).await {
             tracing::warn!("origin fetches did not finish in time");
         }
-        if let Some(persistence) = &self.persistence {
+        if let Some(persistence) = self.cache.persistence() {
             tracing::info!("shutdown: writing the final snapshot");
-            let _ = persistence.snapshot(&self.engine).await;
+            let _ = persistence.snapshot(&self.cache).await;
         }
         tracing::info!("shutdown complete");
     }
 }
 
-/// What answers requests: the engine and everything the HTTP layer reaches, before any task
-/// runs. `App::start` adds the tasks and the listener; the router tests use it alone.
+/// What answers requests: the instance, its cache and the HTTP state, before any task runs.
+/// `App::start` adds the tasks and the listener; the router tests use it alone.
 pub(crate) struct Core {
-    pub engine: Arc<Engine>,
+    pub cache: Arc<Cache>,
     pub state: AppState,
-    pub warmer: Arc<Warmer>,
-    pub persistence: Option<Arc<Persistence>>,
     /// Set once the start-up load of SPEC §7 is done.
     pub ready: Arc<AtomicBool>,
-    pub warm_trigger: Arc<Notify>,
 }
 
 impl Core {
     pub(crate) fn assemble(parts: &Parts, instance_id: String, tasks: Arc<TaskHealth>) -> Core {
         let metrics = Arc::new(Metrics::new());
-        let engine = Arc::new(Engine::new(
-            &parts.instance,
-            parts.cache.clone(),
-            instance_id.clone(),
-            metrics.clone(),
-            Clock::new(),
-        ));
-        let persistence =
-            parts.cache.persistence.as_ref().map(|config| Arc::new(Persistence::new(config.path.clone())));
-        let warmer = Arc::new(Warmer::new(parts.cache.warm.clone()));
+        let instance = Arc::new(Instance::new(&parts.instance, instance_id.clone(), metrics.clone(), Clock::new()));
+        let cache = Arc::new(Cache::new(instance, parts.cache.clone()));
         let ready = Arc::new(AtomicBool::new(false));
-        let warm_trigger = Arc::new(Notify::new());
         let state = AppState::new(http::Shared {
-            engine: engine.clone(),
+            cache: cache.clone(),
             metrics,
             instance_id,
             started: Instant::now(),
@@ -174,25 +157,23 @@ impl Core {
             metrics_enabled: parts.metrics.enabled,
             in_flight: Arc::new(Semaphore::new(parts.server.max_concurrency)),
             server: parts.server.clone(),
-            warmer: warmer.clone(),
-            warm_trigger: warm_trigger.clone(),
-            persistence: persistence.clone(),
             auth: http::Auth::new(&parts.auth),
             tasks,
         });
-        Core { engine, state, warmer, persistence, ready, warm_trigger }
+        Core { cache, state, ready }
     }
 
     /// The start-up load of SPEC §7, decided before the server answers (a restore starts
     /// recording client changes now, a warm claims its run); sets readiness accordingly.
     fn decide_start_load(&self) -> StartLoad {
-        let start = match (&self.persistence, self.warmer.is_configured()) {
+        let (cache, warmer) = (&self.cache, self.cache.warmer());
+        let start = match (cache.persistence(), warmer.is_configured()) {
             (Some(persistence), _) if persistence.has_snapshot() => {
-                self.engine.begin_restore(); // Before the server answers: see Engine::begin_restore.
+                cache.begin_restore(); // Before the server answers: see Cache::begin_restore.
                 StartLoad::Restore
             }
             (_, true) => {
-                self.warmer.try_begin(self.engine.clock().now_ms());
+                warmer.try_begin(cache.clock().now_ms());
                 StartLoad::Warm
             }
             _ => StartLoad::Nothing,
@@ -205,21 +186,21 @@ impl Core {
 
 /// Spawns the tasks that keep the tiers (sweeper, metrics, L2 connection and subscriber,
 /// prefetch workers), before the start-up load is decided, as the start-up log shows.
-fn spawn_tier_tasks(supervisor: &Supervisor, engine: &Arc<Engine>, parts: &Parts, shutdown: &CancellationToken) {
-    let cache = &parts.cache;
-    supervisor.spawn("sweeper", tasks::sweeper::run(engine.clone(), cache.l1.cleanup_interval, shutdown.clone()));
+fn spawn_tier_tasks(supervisor: &Supervisor, cache: &Arc<Cache>, parts: &Parts, shutdown: &CancellationToken) {
+    let config = &parts.cache;
+    supervisor.spawn("sweeper", tasks::sweeper::run(cache.clone(), config.l1.cleanup_interval, shutdown.clone()));
     supervisor.spawn(
         "metrics_reporter",
-        tasks::metrics_reporter::run(engine.clone(), parts.metrics.interval, shutdown.clone()),
+        tasks::metrics_reporter::run(cache.clone(), parts.metrics.interval, shutdown.clone()),
     );
-    if engine.has_l2() {
+    if cache.has_l2() {
         tracing::info!("l2 connecting in the background");
-        supervisor.spawn("l2_monitor", tasks::l2_monitor::run(engine.clone(), shutdown.clone()));
-        supervisor.spawn("subscriber", tasks::subscriber::run(engine.clone(), shutdown.clone()));
+        supervisor.spawn("l2_monitor", tasks::l2_monitor::run(cache.instance().clone(), shutdown.clone()));
+        supervisor.spawn("subscriber", tasks::subscriber::run(cache.clone(), shutdown.clone()));
     }
-    if engine.has_origin() {
-        for _ in 0..cache.prefetch.workers {
-            supervisor.spawn("prefetch", tasks::prefetch::run(engine.clone(), shutdown.clone()));
+    if cache.has_origin() {
+        for _ in 0..config.prefetch.workers {
+            supervisor.spawn("prefetch", tasks::prefetch::run(cache.clone(), shutdown.clone()));
         }
     }
 }
@@ -232,22 +213,10 @@ fn spawn_load_tasks(
     start: StartLoad,
     shutdown: &CancellationToken,
 ) {
-    let engine = &core.engine;
-    let cache = &parts.cache;
-    let warmer_task = tasks::warmer::WarmerTask {
-        engine: engine.clone(),
-        warmer: core.warmer.clone(),
-        persistence: core.persistence.clone(),
-        interval: cache.warm.interval,
-        trigger: core.warm_trigger.clone(),
-        ready: core.ready.clone(),
-    };
+    let warmer_task = tasks::warmer::WarmerTask { cache: core.cache.clone(), ready: core.ready.clone() };
     supervisor.spawn("warmer", warmer_task.run(start, shutdown.clone()));
-    if let (Some(persistence), Some(config)) = (&core.persistence, &cache.persistence) {
-        supervisor.spawn(
-            "snapshotter",
-            tasks::snapshotter::run(engine.clone(), persistence.clone(), config.interval, shutdown.clone()),
-        );
+    if let Some(config) = &parts.cache.persistence {
+        supervisor.spawn("snapshotter", tasks::snapshotter::run(core.cache.clone(), config.interval, shutdown.clone()));
     }
 }
 

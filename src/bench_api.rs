@@ -9,12 +9,11 @@ use futures_util::FutureExt;
 
 use crate::config::Parts;
 use crate::engine::l2::{Compression, Envelope};
-use crate::engine::{Clock, Engine, Key, Lookup, WriteRequest};
-use crate::metrics::Metrics;
+use crate::engine::{Cache, Key, Lookup, WriteRequest};
 
 /// An L1-only engine holding `entries` keys (`key:0000000`…) with values of `value_len` bytes.
 pub struct L1Bench {
-    engine: Arc<Engine>,
+    engine: Arc<Cache>,
     keys: Vec<Key>,
     value: Bytes,
 }
@@ -22,8 +21,7 @@ pub struct L1Bench {
 impl L1Bench {
     pub fn filled(entries: usize, value_len: usize) -> L1Bench {
         let parts = Parts::for_tests(entries * 2, (entries as u64).saturating_mul(1024).max(1 << 20));
-        let engine =
-            Arc::new(Engine::new(&parts.instance, parts.cache, "bench".into(), Arc::new(Metrics::new()), Clock::new()));
+        let engine = Arc::new(Cache::standalone(&parts, "bench"));
         let keys: Vec<Key> = (0..entries).map(|idx| engine.parse_key(&format!("key:{idx:07}")).unwrap()).collect();
         let value = Bytes::from(format!("\"{}\"", "x".repeat(value_len.saturating_sub(2))));
         let bench = L1Bench { engine, keys, value };
@@ -69,7 +67,7 @@ impl L1Bench {
 /// Restores `path` into a new L1-only engine sized for `entries`; returns the entries restored.
 pub fn restore_snapshot(path: &Path, entries: usize) -> u64 {
     let parts = Parts::for_tests(entries * 2, (entries as u64).saturating_mul(1024).max(1 << 20));
-    let engine = Engine::new(&parts.instance, parts.cache, "bench".into(), Arc::new(Metrics::new()), Clock::new());
+    let engine = Cache::standalone(&parts, "bench");
     engine.restore_snapshot(path, |_| crate::engine::snapshot::L2Check::Skip).expect("snapshot restored").restored
 }
 

@@ -86,44 +86,44 @@ impl Etag {
 /// `W/`, a quote, 32 hex digits, a quote.
 const ETAG_LEN: usize = 36;
 
+/// What an entry is made of, before its L1 lifetime is set: the key, the value bytes, when it
+/// was written and when it expires (Unix ms), its tags and dependencies.
+#[derive(Debug, Clone)]
+pub struct EntryParts {
+    pub key: Key,
+    pub value: Bytes,
+    pub cached_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub tags: Box<[Tag]>,
+    pub depends_on: Box<[Key]>,
+}
+
+impl EntryParts {
+    /// A value without tags or dependencies (an origin answer).
+    pub fn plain(key: &Key, value: Bytes, cached_at_ms: u64, expires_at_ms: u64) -> EntryParts {
+        EntryParts { key: key.clone(), value, cached_at_ms, expires_at_ms, tags: [].into(), depends_on: [].into() }
+    }
+}
+
 /// An entry being put together: its lifetime and marks are set here, before [`NewEntry::build`]
-/// makes the one immutable allocation.
+/// makes the one immutable allocation. Caches make them through their `Lifetime` recipe.
 pub struct NewEntry {
-    key: Key,
-    value: Bytes,
-    cached_at_ms: u64,
-    expires_at_ms: u64,
+    parts: EntryParts,
     l1_fresh_until_ms: u64,
     grace_secs: u32,
-    tags: Box<[Tag]>,
-    depends_on: Box<[Key]>,
     version: u64,
     negative: bool,
     prefetched: bool,
 }
 
 impl NewEntry {
-    /// An entry for `key` written at `cached_at_ms` that expires at `expires_at_ms` (Unix ms).
-    /// Its L1 copy lives until `expires_at_ms` unless [`NewEntry::with_l1_lifetime`] says
-    /// otherwise.
-    pub fn new(
-        key: &Key,
-        value: Bytes,
-        cached_at_ms: u64,
-        expires_at_ms: u64,
-        tags: Box<[Tag]>,
-        depends_on: Box<[Key]>,
-        version: u64,
-    ) -> NewEntry {
+    /// An entry of `parts` with `version`. Its L1 copy lives until its expiry unless
+    /// [`NewEntry::with_l1_lifetime`] says otherwise.
+    pub fn new(parts: EntryParts, version: u64) -> NewEntry {
         NewEntry {
-            key: key.clone(),
-            value,
-            cached_at_ms,
-            expires_at_ms,
-            l1_fresh_until_ms: expires_at_ms,
+            l1_fresh_until_ms: parts.expires_at_ms,
+            parts,
             grace_secs: 0,
-            tags,
-            depends_on,
             version,
             negative: false,
             prefetched: false,
@@ -134,7 +134,7 @@ impl NewEntry {
     pub fn negative(key: &Key, cached_at_ms: u64, expires_at_ms: u64, version: u64) -> NewEntry {
         NewEntry {
             negative: true,
-            ..NewEntry::new(key, Bytes::new(), cached_at_ms, expires_at_ms, [].into(), [].into(), version)
+            ..NewEntry::new(EntryParts::plain(key, Bytes::new(), cached_at_ms, expires_at_ms), version)
         }
     }
 
@@ -142,7 +142,7 @@ impl NewEntry {
     /// entry's own expiry), kept `grace_ms` (rounded up to whole seconds) past the expiry to be
     /// served stale. A remembered 404 is never kept past its freshness.
     pub fn with_l1_lifetime(mut self, l1_deadline_ms: u64, grace_ms: u64) -> NewEntry {
-        self.l1_fresh_until_ms = self.expires_at_ms.min(l1_deadline_ms);
+        self.l1_fresh_until_ms = self.parts.expires_at_ms.min(l1_deadline_ms);
         self.grace_secs = if self.negative { 0 } else { u32::try_from(grace_ms.div_ceil(1000)).unwrap_or(u32::MAX) };
         self
     }
@@ -155,14 +155,15 @@ impl NewEntry {
 
     /// Makes the entry: one allocation, the key and value copied in.
     pub fn build(self) -> Entry {
-        let hash = etag_hash(&self.value, &self.tags);
-        let key_len = u32::try_from(self.key.len()).expect("a key is far shorter than 4 GiB");
-        let names = (!self.tags.is_empty() || !self.depends_on.is_empty())
-            .then(|| Box::new(Names { key: self.key.clone(), tags: self.tags, depends_on: self.depends_on }));
+        let EntryParts { key, value, cached_at_ms, expires_at_ms, tags, depends_on } = self.parts;
+        let hash = etag_hash(&value, &tags);
+        let key_len = u32::try_from(key.len()).expect("a key is far shorter than 4 GiB");
+        let names = (!tags.is_empty() || !depends_on.is_empty())
+            .then(|| Box::new(Names { key: key.clone(), tags, depends_on }));
         let header = Header {
             etag_hash: [(hash >> 64) as u64, hash as u64],
-            cached_at_ms: self.cached_at_ms,
-            expires_at_ms: self.expires_at_ms,
+            cached_at_ms,
+            expires_at_ms,
             l1_fresh_until_ms: self.l1_fresh_until_ms,
             version: self.version,
             names,
@@ -171,9 +172,7 @@ impl NewEntry {
             negative: self.negative,
             prefetched: AtomicBool::new(self.prefetched),
         };
-        Entry(with_concatenated(self.key.as_str().as_bytes(), &self.value, |data| {
-            ThinArc::from_header_and_slice(header, data)
-        }))
+        Entry(with_concatenated(key.as_str().as_bytes(), &value, |data| ThinArc::from_header_and_slice(header, data)))
     }
 }
 
@@ -358,7 +357,17 @@ mod tests {
 
     fn new_entry(value: &'static [u8]) -> NewEntry {
         let key = Key::parse("k", 512).unwrap();
-        NewEntry::new(&key, Bytes::from_static(value), 1_000, 11_000, Box::new([]), Box::new([]), 1)
+        NewEntry::new(
+            EntryParts {
+                key: key.clone(),
+                value: Bytes::from_static(value),
+                cached_at_ms: 1_000,
+                expires_at_ms: 11_000,
+                tags: Box::new([]),
+                depends_on: Box::new([]),
+            },
+            1,
+        )
     }
 
     fn entry(value: &'static [u8]) -> Entry {
@@ -376,7 +385,19 @@ mod tests {
         let tagged = |tags: &[&str]| {
             let key = Key::parse("k", 512).unwrap();
             let tags = tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect();
-            NewEntry::new(&key, Bytes::from_static(b"1"), 1_000, 11_000, tags, Box::new([]), 1).build().etag()
+            NewEntry::new(
+                EntryParts {
+                    key: key.clone(),
+                    value: Bytes::from_static(b"1"),
+                    cached_at_ms: 1_000,
+                    expires_at_ms: 11_000,
+                    tags,
+                    depends_on: Box::new([]),
+                },
+                1,
+            )
+            .build()
+            .etag()
         };
         assert_eq!(tagged(&[]), entry(b"1").etag());
         assert_ne!(tagged(&["users"]), tagged(&[]), "new tags, new representation");
@@ -389,11 +410,33 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 8);
         assert_eq!(std::mem::size_of::<Header>(), 72);
         let key = Key::parse("user:1", 512).unwrap();
-        let entry = NewEntry::new(&key, Bytes::from_static(b"{\"a\":1}"), 0, 1, [].into(), [].into(), 1).build();
+        let entry = NewEntry::new(
+            EntryParts {
+                key: key.clone(),
+                value: Bytes::from_static(b"{\"a\":1}"),
+                cached_at_ms: 0,
+                expires_at_ms: 1,
+                tags: [].into(),
+                depends_on: [].into(),
+            },
+            1,
+        )
+        .build();
         assert_eq!(entry.key(), "user:1");
         assert_eq!(entry.value(), b"{\"a\":1}");
         let big = vec![b'7'; 5000];
-        let entry = NewEntry::new(&key, Bytes::from(big.clone()), 0, 1, [].into(), [].into(), 1).build();
+        let entry = NewEntry::new(
+            EntryParts {
+                key: key.clone(),
+                value: Bytes::from(big.clone()),
+                cached_at_ms: 0,
+                expires_at_ms: 1,
+                tags: [].into(),
+                depends_on: [].into(),
+            },
+            1,
+        )
+        .build();
         assert_eq!((entry.key(), entry.value()), ("user:1", &big[..]), "past the stack buffer");
     }
 
@@ -442,7 +485,18 @@ mod tests {
     fn size_counts_key_value_and_metadata() {
         let key = Key::parse("key", 512).unwrap();
         let tags: Box<[Tag]> = Box::new([Tag::parse("t1").unwrap()]);
-        let entry = NewEntry::new(&key, Bytes::from(vec![b'1'; 100]), 0, 1_000, tags.clone(), Box::new([]), 1).build();
+        let entry = NewEntry::new(
+            EntryParts {
+                key: key.clone(),
+                value: Bytes::from(vec![b'1'; 100]),
+                cached_at_ms: 0,
+                expires_at_ms: 1_000,
+                tags: tags.clone(),
+                depends_on: Box::new([]),
+            },
+            1,
+        )
+        .build();
         assert_eq!(entry.size(), Entry::size_of(&key, 100, &tags, &[]));
         assert!(entry.size() > 100 + 3 + 2);
     }

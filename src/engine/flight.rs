@@ -117,13 +117,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::engine::test_support::key;
 
     fn soon(ms: u64) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_millis(ms)
-    }
-
-    fn key(raw: &str) -> Key {
-        Key::parse(raw, 512).unwrap()
     }
 
     #[tokio::test]

@@ -1,50 +1,41 @@
 //! Invalidation (SPEC §5): by key, glob pattern and tag, with the dependency cascade, in L1
-//! and L2, announced to the other instances; and the receiving side of those announcements.
+//! and L2, announced to the other instances on the bus; and applying what the bus receives.
 //!
 //! Cascade: removing or writing key K removes every key whose `depends_on` holds K,
 //! transitively, breadth first through both dependency graphs (L1's index and L2's sets). A
 //! visited set makes cycles safe, and a write spares the key it just wrote.
 //!
-//! When L2 is configured but fails during an invalidation, L1 is still invalidated, but the
-//! call answers [`EngineError::L2Unavailable`]: L2 may keep the value, and the caller must know
-//! the invalidation is incomplete. After one failed L2 call a request makes no more (so no
-//! request waits for Redis much longer than one `l2.timeout_ms`), and its message is skipped
-//! with its `seq` consumed, so every receiver sees the gap and clears its L1.
+//! Every L2 call of one invalidation goes through its [`L2Budget`]: when one fails, L1 is still
+//! invalidated, the remaining steps skip L2, the announcement is skipped with its `seq` spent
+//! (so every receiver sees the gap and clears its L1), and the call answers
+//! [`EngineError::L2Unavailable`]: L2 may keep the value, and the caller must know.
 
 use std::collections::{HashSet, VecDeque};
 
+use super::bus::Received;
+use super::l2::L2Budget;
 use super::messages::{Message, MessageKind};
-use super::{glob, DeleteOutcome, Engine, EngineError, Invalidation, Key};
+use super::{glob, Cache, DeleteOutcome, EngineError, Invalidation, Key};
 use crate::metrics::EvictionReason;
 
-/// Keys per published EVICT message: bounds a message's size on large invalidations.
-const KEYS_PER_MESSAGE: usize = 1000;
-
-/// What a removal did.
-#[derive(Debug, Default)]
-pub(super) struct Removal {
-    /// Distinct keys that existed in L1 or L2 and were removed.
-    pub removed: HashSet<Key>,
-    /// L2 is configured and a call to it failed: L2 may still hold some of these keys.
-    pub l2_failed: bool,
-}
-
-impl Engine {
+impl Cache {
     /// Removes `key` and every key that depends on it, in every tier.
     ///
     /// # Errors
     /// [`EngineError::L2Unavailable`] when L2 could not take part (L1 was still cleaned).
     pub async fn delete(&self, key: &Key) -> Result<DeleteOutcome, EngineError> {
-        let removal = self.remove_everywhere(vec![key.clone()], &HashSet::new(), true).await;
-        self.announce_keys(std::iter::once(key).chain(&removal.removed), !removal.l2_failed).await;
-        if removal.l2_failed {
+        let mut budget = self.instance.budget();
+        let removed = self.remove_everywhere(&mut budget, vec![key.clone()], &HashSet::new()).await;
+        let announced = std::iter::once(key).chain(&removed).map(Key::as_str);
+        self.instance.bus().announce(&budget, announced).await;
+        if budget.has_failed() {
             return Err(EngineError::L2Unavailable);
         }
-        let deleted = removal.removed.contains(key);
+        let deleted = removed.contains(key);
         if deleted {
-            self.metrics.deletes.inc();
+            self.metrics().deletes.inc();
         }
-        Ok(DeleteOutcome { deleted, invalidated: removal.removed.len() })
+        Ok(DeleteOutcome { deleted, invalidated: removed.len() })
     }
 
     /// Removes what `invalidation` selects plus their dependents, in every tier; returns the
@@ -54,42 +45,36 @@ impl Engine {
     /// [`EngineError::L2Unavailable`] when L2 could not take part (L1 was still cleaned).
     pub async fn invalidate(&self, invalidation: &Invalidation) -> Result<usize, EngineError> {
         self.l1.note_invalidation(invalidation.pattern.as_deref(), &invalidation.tags);
+        let mut budget = self.instance.budget();
         let mut roots = invalidation.keys.clone();
-        let mut l2_failed = false;
         if let Some(pattern) = invalidation.pattern.as_ref().filter(|pattern| glob::is_literal(pattern)) {
             // A pattern without specials names one key: no scan needed.
-            roots.extend(self.parse_keys(vec![pattern.clone()]));
+            roots.extend(self.parse_names(vec![pattern.clone()]));
         } else if let Some(pattern) = &invalidation.pattern {
             roots.extend(self.l1.keys_where(|key| glob::matches(pattern, key)).into_iter().map(|(key, _)| key));
-            if let Some(l2) = &self.l2 {
-                match l2.scan(pattern).await {
-                    Ok(names) => roots.extend(self.parse_keys(names)),
-                    Err(_) => l2_failed = true,
-                }
+            if let Some(names) = budget.call(|l2| l2.scan(pattern)).await {
+                roots.extend(self.parse_names(names));
             }
         }
         for tag in &invalidation.tags {
             roots.extend(self.l1.tagged(tag).into_iter().map(|(key, _)| key));
-            if let Some(l2) = &self.l2 {
-                match l2.tagged(tag).await {
-                    Ok(names) => roots.extend(self.parse_keys(names)),
-                    Err(_) => l2_failed = true,
-                }
+            if let Some(names) = budget.call(|l2| l2.tagged(tag)).await {
+                roots.extend(self.parse_names(names));
             }
         }
-        let removal = self.remove_everywhere(roots.clone(), &HashSet::new(), !l2_failed).await;
-        let l2_ok = !l2_failed && !removal.l2_failed;
-        self.announce_keys(roots.iter().chain(&removal.removed), l2_ok).await;
+        let removed = self.remove_everywhere(&mut budget, roots.clone(), &HashSet::new()).await;
+        let bus = self.instance.bus();
+        bus.announce(&budget, roots.iter().chain(&removed).map(Key::as_str)).await;
         if let Some(pattern) = &invalidation.pattern {
-            self.publish(Message::pattern(pattern.clone()), l2_ok).await;
+            bus.publish(&budget, Message::pattern(pattern.clone())).await;
         }
         if !invalidation.tags.is_empty() {
-            self.publish(Message::tags(invalidation.tags.clone()), l2_ok).await;
+            bus.publish(&budget, Message::tags(invalidation.tags.clone())).await;
         }
-        if l2_failed || removal.l2_failed {
+        if budget.has_failed() {
             return Err(EngineError::L2Unavailable);
         }
-        Ok(removal.removed.len())
+        Ok(removed.len())
     }
 
     /// Removes every entry from every tier; returns how many entries the fuller tier held.
@@ -98,111 +83,95 @@ impl Engine {
     /// [`EngineError::L2Unavailable`] when L2 could not be cleared (L1 was).
     pub async fn clear(&self) -> Result<usize, EngineError> {
         let n_l1 = self.l1.clear();
-        let n_l2 = match &self.l2 {
-            Some(l2) => Some(l2.clear().await),
-            None => None,
-        };
-        self.publish(Message::clear(), !matches!(n_l2, Some(Err(_)))).await;
-        match n_l2 {
-            None => Ok(n_l1),
-            Some(Ok(n_l2)) => Ok(n_l1.max(n_l2)),
-            Some(Err(_)) => Err(EngineError::L2Unavailable),
+        let mut budget = self.instance.budget();
+        let n_l2 = budget.call(|l2| l2.clear()).await;
+        self.instance.bus().publish(&budget, Message::clear()).await;
+        match (budget.has_failed(), n_l2) {
+            (true, _) => Err(EngineError::L2Unavailable),
+            (false, n_l2) => Ok(n_l1.max(n_l2.unwrap_or(0))),
         }
     }
 
     /// Removes the dependents of keys just written, sparing the written keys: entries of one
     /// batch never invalidate each other. `l2_dependents` are the written keys' dependents in
-    /// L2, read with the write itself; `None` after L2 failed in this request (or without L2).
+    /// L2, read with the write itself (empty when L2 failed or is absent). Returns the keys
+    /// removed.
     pub(super) async fn cascade_from_writes(
         &self,
+        budget: &mut L2Budget<'_>,
         written: &HashSet<Key>,
-        l2_dependents: Option<Vec<String>>,
-    ) -> Removal {
-        let use_l2 = l2_dependents.is_some();
+        l2_dependents: Vec<String>,
+    ) -> HashSet<Key> {
         let mut roots: Vec<Key> =
             written.iter().flat_map(|key| self.l1.dependents(key.as_str())).map(|(dependent, _)| dependent).collect();
-        roots.extend(self.parse_keys(l2_dependents.unwrap_or_default()));
+        roots.extend(self.parse_names(l2_dependents));
         roots.retain(|key| !written.contains(key));
-        self.remove_everywhere(roots, written, use_l2).await
+        self.remove_everywhere(budget, roots, written).await
     }
 
-    /// Removes `roots` (except `spared`) from L1 and L2, then their dependents, level by level.
-    /// Roots are cascaded from whether or not they were present: a dependency edge outlives
-    /// the key it points at.
-    async fn remove_everywhere(&self, roots: Vec<Key>, spared: &HashSet<Key>, use_l2: bool) -> Removal {
-        let mut removal = Removal { l2_failed: !use_l2 && self.l2.is_some(), ..Removal::default() };
+    /// Removes `roots` (except `spared`) from L1 and L2, then their dependents, level by level;
+    /// returns the distinct keys that existed in L1 or L2 and were removed. Roots are cascaded
+    /// from whether or not they were present: a dependency edge outlives the key it points at.
+    async fn remove_everywhere(
+        &self,
+        budget: &mut L2Budget<'_>,
+        roots: Vec<Key>,
+        spared: &HashSet<Key>,
+    ) -> HashSet<Key> {
+        let mut removed = HashSet::new();
         let mut visited: HashSet<Key> = HashSet::with_capacity(roots.len());
         let mut frontier: Vec<Key> = roots.into_iter().filter(|key| visited.insert(key.clone())).collect();
         while !frontier.is_empty() {
             let doomed: Vec<&Key> = frontier.iter().filter(|key| !spared.contains(*key)).collect();
             for key in &doomed {
                 if self.l1.remove(key.as_str(), EvictionReason::Invalidated).is_some() {
-                    removal.removed.insert((*key).clone());
+                    removed.insert((*key).clone());
                 }
             }
-            if let Some(l2) = &self.l2 {
-                if !doomed.is_empty() && !removal.l2_failed {
-                    let names: Vec<&str> = doomed.iter().map(|key| key.as_str()).collect();
-                    match l2.remove_each(&names).await {
-                        Ok(existed) => {
-                            let present = doomed.iter().zip(existed).filter(|(_, existed)| *existed);
-                            removal.removed.extend(present.map(|(key, _)| (*key).clone()));
-                        }
-                        Err(_) => removal.l2_failed = true,
-                    }
+            if !doomed.is_empty() {
+                let names: Vec<&str> = doomed.iter().map(|key| key.as_str()).collect();
+                if let Some(existed) = budget.call(|l2| l2.remove_each(&names)).await {
+                    let present = doomed.iter().zip(existed).filter(|(_, existed)| *existed);
+                    removed.extend(present.map(|(key, _)| (*key).clone()));
                 }
             }
             let mut next = Vec::new();
+            let mut reach = |dependent: Key| {
+                if !spared.contains(&dependent) && visited.insert(dependent.clone()) {
+                    next.push(dependent);
+                }
+            };
             for key in &frontier {
-                for (dependent, _) in self.l1.dependents(key.as_str()) {
-                    if !spared.contains(&dependent) && visited.insert(dependent.clone()) {
-                        next.push(dependent);
-                    }
-                }
+                self.l1.dependents(key.as_str()).into_iter().for_each(|(dependent, _)| reach(dependent));
             }
-            if let Some(l2) = &self.l2 {
-                if !removal.l2_failed {
-                    let names: Vec<&str> = frontier.iter().map(Key::as_str).collect();
-                    match l2.dependents_of_each(&names).await {
-                        Ok(dependents) => {
-                            for dependent in self.parse_keys(dependents) {
-                                if !spared.contains(&dependent) && visited.insert(dependent.clone()) {
-                                    next.push(dependent);
-                                }
-                            }
-                        }
-                        Err(_) => removal.l2_failed = true,
-                    }
-                }
+            let names: Vec<&str> = frontier.iter().map(Key::as_str).collect();
+            if let Some(dependents) = budget.call(|l2| l2.dependents_of_each(&names)).await {
+                self.parse_names(dependents).into_iter().for_each(reach);
             }
             frontier = next;
         }
-        removal
+        removed
     }
 
-    /// Applies a message received on the invalidation channel to L1 (never to L2: the sender
-    /// already did that). Own messages are skipped; a gap in a sender's `seq` clears L1.
-    pub fn apply_message(&self, payload: &[u8]) {
-        let Some(message) = Message::parse(payload) else {
-            self.metrics.invalidations_malformed.inc();
-            tracing::warn!(payload_len = payload.len(), "malformed invalidation message ignored");
-            return;
-        };
-        if message.origin.as_deref() == Some(self.instance_id.as_str()) {
-            return;
-        }
-        self.metrics.invalidations_received.inc();
-        if let (Some(origin), Some(seq)) = (&message.origin, message.seq) {
-            if self.peers.observe(origin, seq) {
-                self.flush_l1("an invalidation message from a peer was missed");
-            }
+    /// Judges a payload received on the invalidation channel and applies it (see
+    /// [`Cache::apply`]).
+    pub fn apply_payload(&self, payload: &[u8]) {
+        self.apply(self.instance.bus().receive(payload));
+    }
+
+    /// Applies a received message to L1 (never to L2: the sender already did that), after
+    /// clearing L1 when the bus noticed a missed message.
+    pub fn apply(&self, received: Received) {
+        let Received::Apply { message, missed } = received else { return };
+        if missed {
+            self.flush_l1("an invalidation message from a peer was missed");
         }
         let roots: Vec<Key> = match message.kind {
             MessageKind::Clear => {
                 self.l1.clear();
                 return;
             }
-            MessageKind::Evict => self.parse_keys(message.keys.unwrap_or_default()),
+            MessageKind::Evict => self.parse_names(message.keys.unwrap_or_default()),
             MessageKind::Pattern => {
                 let pattern = message.pattern.unwrap_or_default();
                 self.l1.note_invalidation(Some(&pattern), &[]);
@@ -225,8 +194,7 @@ impl Engine {
 
     /// Clears L1 after the subscription was lost and re-established (when configured to).
     pub fn on_resubscribed(&self) {
-        if self.flush_l1_on_reconnect {
-            self.peers.reset();
+        if self.instance.bus().resubscribed() {
             self.flush_l1("invalidation subscription re-established");
         }
     }
@@ -245,72 +213,24 @@ impl Engine {
         }
     }
 
-    /// Publishes EVICT messages naming `keys` (distinct, in chunks).
-    pub(super) async fn announce_keys(&self, keys: impl Iterator<Item = &Key>, l2_ok: bool) {
-        if self.l2.is_none() {
-            return;
-        }
-        for payload in self.evict_payloads(keys.map(Key::as_str)) {
-            self.send(&payload, l2_ok).await;
-        }
-    }
-
-    /// Publishes one message with this instance's `origin` and next `seq` (see [`Engine::send`]).
-    async fn publish(&self, message: Message, l2_ok: bool) {
-        if self.l2.is_none() || (message.kind == MessageKind::Evict && message.keys.as_ref().is_some_and(Vec::is_empty))
-        {
-            return;
-        }
-        self.send(&self.stamp(message), l2_ok).await;
-    }
-
-    /// Sends a stamped payload. When `l2_ok` is false (L2 already failed in this request) or
-    /// the publish fails, its `seq` is spent all the same: the gap tells every receiver to
-    /// clear its L1.
-    async fn send(&self, payload: &str, l2_ok: bool) {
-        let Some(l2) = self.l2.as_ref().filter(|_| l2_ok) else { return };
-        match l2.publish(&self.channel, payload).await {
-            Ok(()) => self.metrics.invalidations_published.inc(),
-            Err(err) => tracing::debug!(%err, "invalidation message not published"),
-        }
-    }
-
-    /// The payload of `message` from this instance: its `origin` and the next `seq`. A stamped
-    /// message that is then not published leaves a gap its receivers notice.
-    pub(super) fn stamp(&self, mut message: Message) -> String {
-        message.origin = Some(self.instance_id.clone());
-        message.seq = Some(self.last_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1);
-        serde_json::to_string(&message).expect("a message serializes")
-    }
-
-    /// EVICT payloads naming `keys` (distinct, in chunks), stamped by [`Engine::stamp`].
-    pub(super) fn evict_payloads<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
-        let mut seen = HashSet::new();
-        let names: Vec<String> = keys.filter(|key| seen.insert(*key)).map(str::to_string).collect();
-        names.chunks(KEYS_PER_MESSAGE).map(|chunk| self.stamp(Message::evict(chunk.to_vec()))).collect()
-    }
-
     /// Keys from L2 or a peer: untrusted, so invalid ones are skipped.
-    fn parse_keys(&self, names: Vec<String>) -> Vec<Key> {
+    fn parse_names(&self, names: Vec<String>) -> Vec<Key> {
         names.iter().filter_map(|name| Key::parse(name, self.limits.max_key_bytes).ok()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
 
     use proptest::strategy::Strategy as _;
 
-    use crate::config::Parts;
-    use crate::engine::{Clock, DeleteOutcome, Engine, Key, WriteRequest};
-    use crate::metrics::Metrics;
+    use crate::engine::test_support::{self, key};
+    use crate::engine::{Cache, DeleteOutcome, WriteRequest};
 
-    fn engine() -> Engine {
-        let parts = Parts::for_tests(1000, 1 << 24);
-        Engine::new(&parts.instance, parts.cache, "me".into(), Arc::new(Metrics::new()), Clock::new())
+    fn engine() -> Cache {
+        test_support::cache(1000, 1 << 24)
     }
 
     proptest::proptest! {
@@ -330,7 +250,7 @@ mod tests {
             let engine = engine();
             runtime.block_on(put(&engine, "k", &[]));
             let parses = crate::engine::messages::Message::parse(&payload).is_some();
-            engine.apply_message(&payload);
+            engine.apply_payload(&payload);
             let malformed = engine.stats().invalidations_malformed;
             proptest::prop_assert_eq!(malformed, u64::from(!parses));
             if !parses {
@@ -339,7 +259,7 @@ mod tests {
         }
     }
 
-    async fn put(engine: &Engine, key: &str, deps: &[&str]) {
+    async fn put(engine: &Cache, key: &str, deps: &[&str]) {
         let request = WriteRequest {
             key: engine.parse_key(key).unwrap(),
             value: Bytes::from_static(b"1"),
@@ -350,12 +270,8 @@ mod tests {
         engine.set(engine.validate(request).unwrap()).await.unwrap();
     }
 
-    fn present(engine: &Engine, key: &str) -> bool {
+    fn present(engine: &Cache, key: &str) -> bool {
         engine.l1.peek(key).is_some()
-    }
-
-    fn key(raw: &str) -> Key {
-        Key::parse(raw, 512).unwrap()
     }
 
     #[tokio::test]
@@ -428,9 +344,9 @@ mod tests {
         put(&engine, "a", &[]).await;
         put(&engine, "a:child", &["a"]).await;
         put(&engine, "b", &[]).await;
-        engine.apply_message(br#"{"type":"EVICT","keys":["a"],"origin":"peer","seq":1}"#);
+        engine.apply_payload(br#"{"type":"EVICT","keys":["a"],"origin":"peer","seq":1}"#);
         assert!(!present(&engine, "a") && !present(&engine, "a:child") && present(&engine, "b"));
-        engine.apply_message(br#"{"type":"TAGS","tags":["t"]}"#);
+        engine.apply_payload(br#"{"type":"TAGS","tags":["t"]}"#);
         assert!(!present(&engine, "b"), "a message without origin is applied");
     }
 
@@ -438,10 +354,10 @@ mod tests {
     async fn own_messages_are_skipped_and_malformed_ones_counted() {
         let engine = engine();
         put(&engine, "a", &[]).await;
-        engine.apply_message(br#"{"type":"CLEAR","origin":"me","seq":1}"#);
+        engine.apply_payload(br#"{"type":"CLEAR","origin":"me","seq":1}"#);
         assert!(present(&engine, "a"));
-        engine.apply_message(b"{not json");
-        engine.apply_message(br#"{"type":"EVICT"}"#);
+        engine.apply_payload(b"{not json");
+        engine.apply_payload(br#"{"type":"EVICT"}"#);
         assert!(present(&engine, "a"));
         assert_eq!(engine.stats().invalidations_malformed, 2);
         assert_eq!(engine.stats().invalidations_received, 0);
@@ -450,11 +366,11 @@ mod tests {
     #[tokio::test]
     async fn a_sequence_gap_flushes_l1() {
         let engine = engine();
-        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":1}"#);
+        engine.apply_payload(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":1}"#);
         put(&engine, "a", &[]).await;
-        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":2}"#);
+        engine.apply_payload(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":2}"#);
         assert!(present(&engine, "a"));
-        engine.apply_message(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":4}"#);
+        engine.apply_payload(br#"{"type":"EVICT","keys":["x"],"origin":"peer","seq":4}"#);
         assert!(!present(&engine, "a"), "seq 3 was missed: L1 may hold stale values");
     }
 }

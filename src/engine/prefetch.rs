@@ -140,10 +140,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn key(raw: &str) -> Key {
-        Key::parse(raw, 512).unwrap()
-    }
+    use crate::engine::test_support::key;
 
     fn keys(queue: &PrefetchQueue) -> Vec<String> {
         queue.list().into_iter().map(|item| item.key.as_str().to_string()).collect()

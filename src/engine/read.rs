@@ -29,7 +29,7 @@ use super::l2::Envelope;
 use super::origin::{Fetched, OriginError};
 use super::prefetch::{PrefetchOutcome, Queued};
 use super::write::envelope_of;
-use super::{Engine, EngineError, Entry, Hit, Key, Lookup, Miss, NewEntry, Served, Source, Stale, Tag};
+use super::{Cache, EngineError, Entry, EntryParts, Hit, Key, Lookup, Miss, Served, Source, Stale, Tag};
 use crate::metrics::EvictionReason;
 
 /// How long a read waits for an L2-only flight (no origin): L2 calls are bounded by
@@ -61,30 +61,30 @@ enum L1State {
     Absent,
 }
 
-impl Engine {
+impl Cache {
     /// The answer for `key` from the nearest tier that has it, or the origin.
     ///
     /// # Errors
     /// [`EngineError::Origin`] when the origin failed and no stale copy could stand in.
     pub async fn read(self: &Arc<Self>, key: &Key) -> Result<Lookup, EngineError> {
-        let fallback = match self.probe_l1(key, self.clock.now_ms()) {
+        let fallback = match self.probe_l1(key, self.clock().now_ms()) {
             L1State::Fresh(entry) => {
-                self.metrics.hits_l1.inc();
+                self.metrics().hits_l1.inc();
                 if entry.take_prefetched() {
-                    self.metrics.prefetch_hits.inc();
+                    self.metrics().prefetch_hits.inc();
                 }
                 return Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Fresh }));
             }
             L1State::Negative => {
-                self.metrics.misses.inc();
+                self.metrics().misses.inc();
                 return Ok(Lookup::Miss(Miss::Negative));
             }
             L1State::Stale(entry) => return Ok(Lookup::Hit(self.serve_stale(key, entry, Source::L1))),
             L1State::Aged(entry) => Some(entry),
             L1State::Absent => None,
         };
-        if self.l2.is_none() && self.origin.is_none() {
-            self.metrics.misses.inc();
+        if !self.has_l2() && self.origin.is_none() {
+            self.metrics().misses.inc();
             return Ok(Lookup::Miss(Miss::Absent));
         }
         let resolved = self.join_flight(key, true, false).await;
@@ -98,15 +98,15 @@ impl Engine {
         let mut answers: Vec<Option<Hit>> = Vec::with_capacity(keys.len());
         let mut pending: Vec<(usize, Option<Entry>)> = Vec::new();
         // One instant for the whole batch: every key is judged fresh or not at the same time.
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.clock().now_ms();
         for (idx, key) in keys.iter().enumerate() {
             answers.push(match self.probe_l1(key, now_ms) {
                 L1State::Fresh(entry) => {
-                    self.metrics.hits_l1.inc();
+                    self.metrics().hits_l1.inc();
                     Some(Hit { entry, source: Source::L1, served: Served::Fresh })
                 }
                 L1State::Negative => {
-                    self.metrics.misses.inc();
+                    self.metrics().misses.inc();
                     None
                 }
                 L1State::Stale(entry) => Some(self.serve_stale(key, entry, Source::L1)),
@@ -120,7 +120,7 @@ impl Engine {
                 }
             });
         }
-        if let (Some(l2), false) = (&self.l2, pending.is_empty()) {
+        if let (Some(l2), false) = (self.instance.l2(), pending.is_empty()) {
             let tokens: Vec<FillToken> =
                 pending.iter().map(|(idx, _)| self.l1.fill_token(keys[*idx].as_str())).collect();
             let names: Vec<&str> = pending.iter().map(|(idx, _)| keys[*idx].as_str()).collect();
@@ -129,13 +129,13 @@ impl Engine {
                 for ((idx, fallback), (token, envelope)) in pending.into_iter().zip(tokens.into_iter().zip(envelopes)) {
                     let key = &keys[idx];
                     match envelope.and_then(|envelope| self.fill_from_l2(key, envelope, token)) {
-                        Some(entry) if !entry.is_past_expiry(self.clock.now_ms()) => {
-                            self.metrics.hits_l2.inc();
+                        Some(entry) if !entry.is_past_expiry(self.clock().now_ms()) => {
+                            self.metrics().hits_l2.inc();
                             answers[idx] = Some(Hit { entry, source: Source::L2, served: Served::Fresh });
                         }
                         Some(stale) => answers[idx] = Some(self.serve_stale(key, stale, Source::L2)),
                         None => {
-                            self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
+                            self.metrics().l2_misses.fetch_add(1, Ordering::Relaxed);
                             still_pending.push((idx, fallback));
                         }
                     }
@@ -144,7 +144,7 @@ impl Engine {
             }
         }
         if self.origin.is_none() {
-            self.metrics.misses.inc_by(pending.len() as u64);
+            self.metrics().misses.inc_by(pending.len() as u64);
             return answers;
         }
         let fetches = pending.iter().map(|(idx, _)| self.join_flight(&keys[*idx], false, false));
@@ -162,9 +162,9 @@ impl Engine {
     pub fn queue_prefetch(&self, items: &[(Key, f64)]) -> PrefetchOutcome {
         let outcome = self
             .prefetch_queue
-            .offer(items, self.clock.now_ms(), |key| self.is_cached(key) || self.flights.is_running(key.as_str()));
-        self.metrics.prefetch_requests.inc_by(outcome.queued as u64);
-        self.metrics.prefetch_queue_size.set(self.prefetch_queue.len() as i64);
+            .offer(items, self.clock().now_ms(), |key| self.is_cached(key) || self.flights.is_running(key.as_str()));
+        self.metrics().prefetch_requests.inc_by(outcome.queued as u64);
+        self.metrics().prefetch_queue_size.set(self.prefetch_queue.len() as i64);
         outcome
     }
 
@@ -176,7 +176,7 @@ impl Engine {
     /// Waits for the next key to prefetch (a worker's loop).
     pub async fn next_prefetch(&self) -> Key {
         let key = self.prefetch_queue.next().await;
-        self.metrics.prefetch_queue_size.set(self.prefetch_queue.len() as i64);
+        self.metrics().prefetch_queue_size.set(self.prefetch_queue.len() as i64);
         key
     }
 
@@ -191,7 +191,7 @@ impl Engine {
     /// warming by keys); `prefetched` marks what the origin brings for `prefetch_hits`.
     /// Returns whether the key is now cached.
     pub async fn fetch_into_cache(self: &Arc<Self>, key: &Key, prefetched: bool) -> bool {
-        if matches!(self.probe_l1(key, self.clock.now_ms()), L1State::Fresh(_) | L1State::Negative) {
+        if matches!(self.probe_l1(key, self.clock().now_ms()), L1State::Fresh(_) | L1State::Negative) {
             return true;
         }
         matches!(self.join_flight(key, true, prefetched).await, Some(Resolved::Found(_)))
@@ -199,7 +199,7 @@ impl Engine {
 
     /// Whether `key` is in L1 and fresh, without counting a read or touching the policy.
     pub fn is_cached(&self, key: &Key) -> bool {
-        self.l1.peek(key.as_str()).is_some_and(|entry| entry.is_fresh(self.clock.now_ms()))
+        self.l1.peek(key.as_str()).is_some_and(|entry| entry.is_fresh(self.clock().now_ms()))
     }
 
     /// L1 alone, without counting: a copy past every deadline is removed and never returned.
@@ -223,8 +223,8 @@ impl Engine {
     /// A stale copy answers now; a refresh starts unless one runs or nothing could refresh it
     /// (no origin, and the copy came from L2 or there is no L2 to look in).
     fn serve_stale(self: &Arc<Self>, key: &Key, entry: Entry, source: Source) -> Hit {
-        self.metrics.stale_served.inc();
-        let check_l2 = source == Source::L1 && self.l2.is_some();
+        self.metrics().stale_served.inc();
+        let check_l2 = source == Source::L1 && self.has_l2();
         let stale = if !check_l2 && self.origin.is_none() {
             Stale::NoRefresh
         } else {
@@ -255,7 +255,7 @@ impl Engine {
                         return Some(resolved);
                     }
                 }
-                None => self.metrics.coalesced.inc(),
+                None => self.metrics().coalesced.inc(),
             }
             match flight::wait(joined.receiver, deadline).await {
                 Ok(resolved) => return Some(resolved),
@@ -290,7 +290,7 @@ impl Engine {
             run.publish(own.clone());
         }
         let engine = self.clone();
-        self.background.spawn(async move {
+        self.instance.spawn(async move {
             let resolved = engine.flight_origin_step(&run, token, stale_from_l2, started, prefetch).await;
             run.publish(resolved);
         });
@@ -300,7 +300,7 @@ impl Engine {
     /// A whole flight in the background (a stale-while-revalidate refresh).
     fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, check_l2: bool, prefetch: bool) {
         let engine = self.clone();
-        self.background.spawn(async move {
+        self.instance.spawn(async move {
             engine.start_flight(run, check_l2, prefetch).await;
         });
     }
@@ -316,17 +316,17 @@ impl Engine {
     ) -> Result<Option<Entry>, Resolved> {
         let key = run.key();
         let mut stale_from_l2 = None;
-        if let (Some(l2), true) = (&self.l2, check_l2) {
+        if let (Some(l2), true) = (self.instance.l2(), check_l2) {
             match l2.get(key.as_str()).await {
                 Ok(Some(envelope)) => match self.fill_from_l2(key, envelope, token) {
-                    Some(entry) if !entry.is_past_expiry(self.clock.now_ms()) => {
+                    Some(entry) if !entry.is_past_expiry(self.clock().now_ms()) => {
                         return Err(Resolved::Found(Hit { entry, source: Source::L2, served: Served::Fresh }))
                     }
                     Some(stale) => stale_from_l2 = Some(stale),
                     None => {}
                 },
                 Ok(None) => {
-                    self.metrics.l2_misses.fetch_add(1, Ordering::Relaxed);
+                    self.metrics().l2_misses.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => tracing::debug!(%err, "l2 read failed, answering from the tiers that remain"),
             }
@@ -354,14 +354,12 @@ impl Engine {
     ) -> Resolved {
         let key = run.key();
         let Some(origin) = &self.origin else { return Resolved::Absent };
-        let fetched = origin.fetch(key, started + origin.timeout(), &self.metrics).await;
-        let now_ms = self.clock.now_ms();
+        let fetched = origin.fetch(key, started + origin.timeout(), self.metrics()).await;
+        let now_ms = self.clock().now_ms();
         match fetched {
             Ok(Fetched::Value { value, ttl }) => {
-                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
                 let expires_at_ms = now_ms.saturating_add(ttl.map_or(0, |ttl| ttl.as_millis() as u64));
-                let mut entry = NewEntry::new(key, value, now_ms, expires_at_ms, [].into(), [].into(), version)
-                    .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms());
+                let mut entry = self.new_entry(EntryParts::plain(key, value, now_ms, expires_at_ms), now_ms);
                 if prefetch {
                     entry = entry.mark_prefetched();
                 }
@@ -378,10 +376,8 @@ impl Engine {
             Ok(Fetched::NotFound) => {
                 let stored = match origin.negative_ttl() {
                     Some(ttl) => {
-                        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
                         let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
-                        let entry = NewEntry::negative(key, now_ms, expires_at_ms, version)
-                            .with_l1_lifetime(self.l1_deadline(now_ms), 0);
+                        let entry = self.lifetime.negative(key, now_ms, expires_at_ms, self.instance.next_version());
                         self.l1.insert_fill(entry.build(), token, now_ms)
                     }
                     None => false,
@@ -407,14 +403,14 @@ impl Engine {
         if !self.l1.is_unchanged(token) {
             return false;
         }
-        if let Some(l2) = &self.l2 {
+        if let Some(l2) = self.instance.l2() {
             let envelope = envelope_of(entry);
-            if let Err(err) = l2.set_many(&[(key.as_str(), &envelope, self.l2_retention(ttl))]).await {
+            if let Err(err) = l2.set_many(&[(key.as_str(), &envelope, self.lifetime.l2_retention(ttl))]).await {
                 tracing::debug!(%err, "l2 write of an origin value failed");
             }
         }
         if self.l1.fits(entry.size()) {
-            self.l1.insert_fill(entry.clone(), token, self.clock.now_ms());
+            self.l1.insert_fill(entry.clone(), token, self.clock().now_ms());
         }
         true
     }
@@ -422,7 +418,7 @@ impl Engine {
     /// The origin said not to keep the key: a stale or aged copy must not be served again.
     fn drop_unfresh_copy(&self, key: &Key) {
         if let Some(resident) = self.l1.peek(key.as_str()) {
-            if !resident.is_fresh(self.clock.now_ms()) {
+            if !resident.is_fresh(self.clock().now_ms()) {
                 self.l1.remove_version(key.as_str(), resident.version(), EvictionReason::Expired);
             }
         }
@@ -434,32 +430,32 @@ impl Engine {
         match resolved {
             Resolved::Found(hit) => {
                 match (&hit.served, hit.source) {
-                    (Served::Fresh, Source::L2) => self.metrics.hits_l2.inc(),
-                    (Served::Stale(_), _) => self.metrics.stale_served.inc(),
-                    _ => self.metrics.misses.inc(),
+                    (Served::Fresh, Source::L2) => self.metrics().hits_l2.inc(),
+                    (Served::Stale(_), _) => self.metrics().stale_served.inc(),
+                    _ => self.metrics().misses.inc(),
                 }
                 Ok(Lookup::Hit(hit))
             }
             Resolved::Absent => {
-                self.metrics.misses.inc();
+                self.metrics().misses.inc();
                 Ok(Lookup::Miss(Miss::Absent))
             }
             Resolved::NotFound { stored } => {
-                self.metrics.misses.inc();
+                self.metrics().misses.inc();
                 Ok(Lookup::Miss(Miss::NotFound { stored }))
             }
             Resolved::Failed(err) => match fallback {
                 Some(entry) => {
-                    self.metrics.stale_served.inc();
+                    self.metrics().stale_served.inc();
                     Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Stale(Stale::OriginFailed) }))
                 }
                 None if self.origin.is_none() => {
                     // An L2-only flight that died: L2 is a best-effort tier, so this is a miss.
-                    self.metrics.misses.inc();
+                    self.metrics().misses.inc();
                     Ok(Lookup::Miss(Miss::Absent))
                 }
                 None => {
-                    self.metrics.misses.inc();
+                    self.metrics().misses.inc();
                     Err(EngineError::Origin(err))
                 }
             },
@@ -469,50 +465,30 @@ impl Engine {
     /// Turns an L2 envelope into an entry and copies it into L1 unless the key changed
     /// meanwhile. `None` when it is past expiry and grace, or malformed.
     fn fill_from_l2(&self, key: &Key, envelope: Envelope, token: FillToken) -> Option<Entry> {
-        let now_ms = self.clock.now_ms();
-        if envelope.expires_at_ms.saturating_add(self.grace_ms()) <= now_ms {
+        let now_ms = self.clock().now_ms();
+        if envelope.expires_at_ms.saturating_add(self.lifetime.grace_ms()) <= now_ms {
             return None;
         }
         let tags: Result<Box<[Tag]>, _> = envelope.tags.iter().map(|tag| Tag::parse(tag)).collect();
         let depends_on: Result<Box<[Key]>, _> =
             envelope.depends_on.iter().map(|dep| Key::parse(dep, self.limits.max_key_bytes)).collect();
         let (Ok(tags), Ok(depends_on)) = (tags, depends_on) else {
-            self.metrics.l2_errors.inc();
+            self.metrics().l2_errors.inc();
             tracing::warn!("l2 entry with invalid tags or dependencies, treated as a miss");
             return None;
         };
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let entry = NewEntry::new(
-            key,
-            envelope.value,
-            envelope.cached_at_ms,
-            envelope.expires_at_ms,
+        let parts = EntryParts {
+            key: key.clone(),
+            value: envelope.value,
+            cached_at_ms: envelope.cached_at_ms,
+            expires_at_ms: envelope.expires_at_ms,
             tags,
             depends_on,
-            version,
-        );
-        let entry = entry.with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms()).build();
+        };
+        let entry = self.new_entry(parts, now_ms).build();
         if self.l1.fits(entry.size()) {
             self.l1.insert_fill(entry.clone(), token, now_ms);
         }
         Some(entry)
-    }
-
-    /// When an L1 copy written or filled now stops being fresh.
-    pub(super) fn l1_deadline(&self, now_ms: u64) -> u64 {
-        match (self.l2.is_some(), self.l1_max_ttl) {
-            (true, Some(max_ttl)) => now_ms.saturating_add(max_ttl.as_millis() as u64),
-            _ => u64::MAX,
-        }
-    }
-
-    pub(super) fn grace_ms(&self) -> u64 {
-        self.grace.as_millis() as u64
-    }
-
-    /// How long L2 keeps an entry of `ttl`: its TTL plus grace, so every instance can serve it
-    /// stale.
-    pub(super) fn l2_retention(&self, ttl: Duration) -> Duration {
-        ttl.saturating_add(self.grace)
     }
 }

@@ -33,7 +33,6 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::l1::Restored;
-use super::{Engine, Entry, Key, NewEntry, Tag};
+use super::{Cache, Entry, EntryParts, Key, Tag};
 use crate::metrics::EvictionReason;
 
 const MAGIC: &[u8; 6] = b"TCSNAP";
@@ -127,7 +126,7 @@ impl Persistence {
     ///
     /// # Errors
     /// When the file cannot be written; the previous snapshot is then untouched.
-    pub async fn snapshot(&self, engine: &Arc<Engine>) -> Result<SnapshotInfo, SnapshotError> {
+    pub async fn snapshot(&self, engine: &Arc<Cache>) -> Result<SnapshotInfo, SnapshotError> {
         let _one_at_a_time = self.writing.lock().await;
         let (engine, path) = (engine.clone(), self.path.clone());
         let result = tokio::task::spawn_blocking(move || engine.write_snapshot(&path))
@@ -147,15 +146,15 @@ impl Persistence {
 
     /// Restores the snapshot on a blocking thread, logging the outcome; a bad file counts in
     /// `tiercache_snapshot_load_errors_total` and is otherwise treated as absent.
-    pub async fn restore(&self, engine: &Arc<Engine>) -> Option<RestoreStats> {
+    pub async fn restore(&self, engine: &Arc<Cache>) -> Option<RestoreStats> {
         let (worker, path) = (engine.clone(), self.path.clone());
         let started = Instant::now();
         let runtime = tokio::runtime::Handle::current();
         // Called once the file is known to be good: a bad file is reported without waiting for L2.
-        let check = move |engine: &Engine| {
+        let check = move |engine: &Cache| {
             if !engine.has_l2() {
                 L2Check::Skip
-            } else if runtime.block_on(engine.wait_subscribed(SUBSCRIBE_WAIT)) {
+            } else if runtime.block_on(engine.instance().bus().wait_subscribed(SUBSCRIBE_WAIT)) {
                 L2Check::Ask(runtime)
             } else {
                 tracing::warn!(
@@ -183,7 +182,7 @@ impl Persistence {
             }
             Err(SnapshotError::Missing) => None,
             Err(err) => {
-                engine.metrics.snapshot_load_errors.inc();
+                engine.metrics().snapshot_load_errors.inc();
                 tracing::warn!(%err, path = %self.path.display(), "snapshot ignored");
                 None
             }
@@ -198,7 +197,7 @@ impl Persistence {
     }
 }
 
-impl Engine {
+impl Cache {
     /// Writes every live L1 entry to `path` atomically (see the module docs).
     ///
     /// # Errors
@@ -219,8 +218,8 @@ impl Engine {
             File::open(dir)?.sync_all()?;
         }
         let duration_ms = started.elapsed().as_millis() as u64;
-        self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.snapshot_last_success.set(self.clock.now_ms() as f64 / 1000.0);
+        self.metrics().snapshot_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics().snapshot_last_success.set(self.clock().now_ms() as f64 / 1000.0);
         Ok(SnapshotInfo { path: path.to_path_buf(), entries, bytes, duration_ms })
     }
 
@@ -230,8 +229,8 @@ impl Engine {
             HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Xxh3Default::new(), written: 0 };
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
-        out.write_all(&self.clock.now_ms().to_le_bytes())?;
-        let now_ms = self.clock.now_ms();
+        out.write_all(&self.clock().now_ms().to_le_bytes())?;
+        let now_ms = self.clock().now_ms();
         let mut count = 0u64;
         let mut failure = None;
         self.l1.for_each(|entry| {
@@ -264,7 +263,7 @@ impl Engine {
     pub fn restore_snapshot(
         &self,
         path: &Path,
-        check: impl FnOnce(&Engine) -> L2Check,
+        check: impl FnOnce(&Cache) -> L2Check,
     ) -> Result<RestoreStats, SnapshotError> {
         self.begin_restore();
         // What was inserted, so a file that breaks off after its checksum passed (a record that
@@ -300,7 +299,7 @@ impl Engine {
         let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
         input.seek(SeekFrom::Start(HEADER_LEN))?;
         let mut stats = RestoreStats::default();
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.clock().now_ms();
         let mut scratch = Vec::with_capacity(256); // The key of the record being read.
         let mut batch: Vec<(Key, Entry)> = Vec::with_capacity(CHECK_BATCH);
         let mut l2_answers = !matches!(check, L2Check::Unreachable);
@@ -323,11 +322,15 @@ impl Engine {
                 stats.rejected += 1;
                 continue;
             };
-            let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-            let entry =
-                NewEntry::new(&key, record.value, record.cached_at_ms, record.expires_at_ms, tags, deps, version)
-                    .with_l1_lifetime(self.l1_deadline(now_ms), self.grace_ms())
-                    .build();
+            let parts = EntryParts {
+                key: key.clone(),
+                value: record.value,
+                cached_at_ms: record.cached_at_ms,
+                expires_at_ms: record.expires_at_ms,
+                tags,
+                depends_on: deps,
+            };
+            let entry = self.new_entry(parts, now_ms).build();
             if entry.is_expired(now_ms) {
                 stats.expired += 1;
             } else if !self.l1.fits(entry.size()) {
@@ -354,7 +357,7 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
-        let current: Vec<bool> = match (check, self.l2.as_ref()) {
+        let current: Vec<bool> = match (check, self.instance.l2()) {
             (L2Check::Ask(runtime), Some(l2)) if *l2_answers => {
                 let keys: Vec<&str> = batch.iter().map(|(key, _)| key.as_str()).collect();
                 match runtime.block_on(l2.get_many(&keys)) {
@@ -587,16 +590,14 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::Parts;
-    use crate::engine::{Clock, WriteRequest};
-    use crate::metrics::Metrics;
+    use crate::engine::test_support;
+    use crate::engine::WriteRequest;
 
-    fn engine() -> Arc<Engine> {
-        let parts = Parts::for_tests(10_000, 1 << 26);
-        Arc::new(Engine::new(&parts.instance, parts.cache, "me".into(), Arc::new(Metrics::new()), Clock::new()))
+    fn engine() -> Arc<Cache> {
+        Arc::new(test_support::cache(10_000, 1 << 26))
     }
 
-    async fn put(engine: &Engine, key: &str, value: &str, ttl: u64, tags: &[&str], deps: &[&str]) {
+    async fn put(engine: &Cache, key: &str, value: &str, ttl: u64, tags: &[&str], deps: &[&str]) {
         let write = engine
             .validate(WriteRequest {
                 key: Key::parse(key, 512).unwrap(),
@@ -609,7 +610,7 @@ mod tests {
         engine.set(write).await.unwrap();
     }
 
-    fn contents(engine: &Engine) -> HashMap<String, (Bytes, u64, Vec<String>, Vec<String>)> {
+    fn contents(engine: &Cache) -> HashMap<String, (Bytes, u64, Vec<String>, Vec<String>)> {
         let mut out = HashMap::new();
         engine.l1.for_each(|entry| {
             out.insert(
@@ -722,7 +723,7 @@ mod tests {
         put(&source, "long", "1", 60, &[], &[]).await;
         source.write_snapshot(&path).unwrap();
         let target = engine();
-        target.clock.advance_ms(2_000);
+        target.clock().advance_ms(2_000);
         let stats = target.restore_snapshot(&path, |_| L2Check::Skip).unwrap();
         assert_eq!((stats.restored, stats.expired), (1, 1));
     }

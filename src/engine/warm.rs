@@ -10,14 +10,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Engine, EngineError, ValidWrite, WriteRequest};
+use super::{Cache, EngineError, ValidWrite, WriteRequest};
 use crate::config::WarmConfig;
 
 /// Writes per `set_many` call while warming from a URL.
@@ -57,9 +59,12 @@ pub struct WarmStatus {
 /// The warm source and the status of its runs; at most one run at a time.
 pub struct Warmer {
     config: WarmConfig,
-    client: reqwest::Client,
+    /// Only with `warm.url`: a cache without one builds no HTTP client.
+    client: Option<reqwest::Client>,
     running: AtomicBool,
     status: Mutex<WarmStatus>,
+    /// Wakes the warmer task after `POST /api/cache/warm` claimed a run.
+    requested: Notify,
 }
 
 /// One source item, as the source gives it. Unknown fields are ignored: sources are other
@@ -76,11 +81,13 @@ struct WarmItem {
 
 impl Warmer {
     pub fn new(config: WarmConfig) -> Warmer {
-        super::origin::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("the warm client builds with a TLS provider installed");
+        let client = config.url.as_ref().map(|_| {
+            super::origin::install_tls_provider();
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("the warm client builds with a TLS provider installed")
+        });
         let source = match (&config.url, config.keys.len()) {
             (Some(url), 0) => Some(url.to_string()),
             (Some(url), n) => Some(format!("{url} + {n} keys")),
@@ -95,11 +102,30 @@ impl Warmer {
             errors: 0,
             source,
         };
-        Warmer { config, client, running: AtomicBool::new(false), status: Mutex::new(status) }
+        Warmer { config, client, running: AtomicBool::new(false), status: Mutex::new(status), requested: Notify::new() }
     }
 
     pub fn is_configured(&self) -> bool {
         self.config.is_configured()
+    }
+
+    /// `warm.interval_secs`; `None` = warm only at start and on request.
+    pub fn interval(&self) -> Option<Duration> {
+        self.config.interval
+    }
+
+    /// Claims a run for a client and wakes the warmer task: false when one runs already.
+    pub fn request(&self, now_ms: u64) -> bool {
+        let claimed = self.try_begin(now_ms);
+        if claimed {
+            self.requested.notify_one();
+        }
+        claimed
+    }
+
+    /// Resolves when a client has claimed a run with [`Warmer::request`].
+    pub async fn requested(&self) {
+        self.requested.notified().await;
     }
 
     pub fn status(&self) -> WarmStatus {
@@ -130,7 +156,7 @@ impl Warmer {
     }
 
     /// Runs a claimed warm to the end (bounded by `warm.timeout_secs`) and records it.
-    pub async fn run(&self, engine: &Arc<Engine>) -> WarmStatus {
+    pub async fn run(&self, engine: &Arc<Cache>) -> WarmStatus {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.config.timeout, self.load(engine)).await;
         let failed = match outcome {
@@ -147,11 +173,11 @@ impl Warmer {
                 true
             }
         };
-        engine.metrics.warm_duration.observe(started.elapsed().as_secs_f64());
+        engine.metrics().warm_duration.observe(started.elapsed().as_secs_f64());
         let status = {
             let mut status = self.lock();
             status.state = if failed { WarmState::Failed } else { WarmState::Done };
-            status.finished_at_ms = Some(engine.clock.now_ms());
+            status.finished_at_ms = Some(engine.clock().now_ms());
             if failed {
                 status.errors += 1;
             }
@@ -162,7 +188,7 @@ impl Warmer {
         status
     }
 
-    async fn load(&self, engine: &Arc<Engine>) -> Result<(), String> {
+    async fn load(&self, engine: &Arc<Cache>) -> Result<(), String> {
         if let Some(url) = &self.config.url {
             self.load_url(engine, url).await?;
         }
@@ -172,8 +198,9 @@ impl Warmer {
         Ok(())
     }
 
-    async fn load_url(&self, engine: &Engine, url: &reqwest::Url) -> Result<(), String> {
-        let mut response = self.client.get(url.clone()).send().await.map_err(|err| format!("warm source: {err}"))?;
+    async fn load_url(&self, engine: &Cache, url: &reqwest::Url) -> Result<(), String> {
+        let client = self.client.as_ref().ok_or("warm source: no client")?;
+        let mut response = client.get(url.clone()).send().await.map_err(|err| format!("warm source: {err}"))?;
         if !response.status().is_success() {
             return Err(format!("warm source answered {}", response.status()));
         }
@@ -207,7 +234,7 @@ impl Warmer {
         Ok(())
     }
 
-    fn take_item(&self, engine: &Engine, item: Result<Bytes, ItemError>, batch: &mut Vec<ValidWrite>) {
+    fn take_item(&self, engine: &Cache, item: Result<Bytes, ItemError>, batch: &mut Vec<ValidWrite>) {
         match item.map_err(|err| err.to_string()).and_then(|bytes| parse_item(engine, &bytes)) {
             Ok(write) => batch.push(write),
             Err(err) => {
@@ -217,7 +244,7 @@ impl Warmer {
         }
     }
 
-    async fn store(&self, engine: &Engine, batch: Vec<ValidWrite>) {
+    async fn store(&self, engine: &Cache, batch: Vec<ValidWrite>) {
         if batch.is_empty() {
             return;
         }
@@ -231,7 +258,7 @@ impl Warmer {
         }
     }
 
-    async fn load_keys(&self, engine: &Arc<Engine>) {
+    async fn load_keys(&self, engine: &Arc<Cache>) {
         let keys = self.config.keys.clone();
         let mut fetches = futures_util::stream::iter(keys)
             .map(|raw| async move {
@@ -257,7 +284,7 @@ fn present_raw<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
-fn parse_item(engine: &Engine, bytes: &[u8]) -> Result<ValidWrite, String> {
+fn parse_item(engine: &Cache, bytes: &[u8]) -> Result<ValidWrite, String> {
     let item: WarmItem = serde_json::from_slice(bytes).map_err(|err| format!("not a warm item: {err}"))?;
     let value = item.value.ok_or("the item has no value")?;
     let key = engine.parse_key(&item.key).map_err(|err| err.to_string())?;
@@ -464,13 +491,11 @@ mod tests {
         assert_eq!(split(Some(Format::Array), &[b"[1, 2"]), vec![Ok("1".into()), Err(ItemError::NotAnArray)]);
     }
 
-    fn engine() -> Engine {
-        use std::sync::Arc;
-        let mut parts = crate::config::Parts::for_tests(1000, 1 << 24);
-        parts.cache.limits.max_key_bytes = 16;
-        parts.cache.limits.max_value_bytes = 64;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        Engine::new(&parts.instance, parts.cache, "me".into(), metrics, crate::engine::Clock::new())
+    fn engine() -> Cache {
+        crate::engine::test_support::cache_with(1000, 1 << 24, |parts| {
+            parts.cache.limits.max_key_bytes = 16;
+            parts.cache.limits.max_value_bytes = 64;
+        })
     }
 
     /// Warm items: objects with the item's fields, each of some JSON type, and extra ones.

@@ -6,17 +6,16 @@
 //! `"best_effort"` L1 is written first and the answer says whether L2 took it.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::l2::{EntryWrite, Envelope};
-use super::{Engine, EngineError, Entry, Key, L2Write, NewEntry, ValidWrite, WriteOutcome};
+use super::l2::{EntryWrite, Envelope, L2Budget};
+use super::{Cache, EngineError, Entry, EntryParts, Key, L2Write, ValidWrite, WriteOutcome};
 use crate::config::WritePolicy;
 use crate::metrics::EvictionReason;
 
-impl Engine {
+impl Cache {
     /// Stores a write in every tier, then invalidates the keys that depend on it (never the key
     /// itself) and tells the other instances.
     ///
@@ -27,71 +26,69 @@ impl Engine {
         Ok(outcomes[0])
     }
 
-    /// Stores writes (already validated) with one L2 pipeline; see [`Engine::set`].
+    /// Stores writes (already validated) with one L2 pipeline; see [`Cache::set`].
     ///
     /// # Errors
     /// [`EngineError::L2Unavailable`] under the `required` policy when L2 did not take them.
     pub async fn set_many(&self, writes: Vec<ValidWrite>) -> Result<Vec<WriteOutcome>, EngineError> {
-        let now_ms = self.clock.now_ms();
-        let l1_deadline = self.l1_deadline(now_ms);
-        let entries: Vec<(Key, Entry, Duration)> = writes
+        // One instant for the whole batch.
+        let now_ms = self.clock().now_ms();
+        let entries: Vec<(Entry, Duration)> = writes
             .into_iter()
             .map(|write| {
-                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                let entry = NewEntry::new(
-                    &write.key,
-                    write.value,
-                    now_ms,
-                    expires_at(now_ms, write.ttl),
-                    write.tags,
-                    write.depends_on,
-                    version,
-                )
-                .with_l1_lifetime(l1_deadline, self.grace_ms());
-                (write.key, entry.build(), write.ttl)
+                let parts = EntryParts {
+                    key: write.key,
+                    value: write.value,
+                    cached_at_ms: now_ms,
+                    expires_at_ms: expires_at(now_ms, write.ttl),
+                    tags: write.tags,
+                    depends_on: write.depends_on,
+                };
+                (self.new_entry(parts, now_ms).build(), write.ttl)
             })
             .collect();
 
-        let (l2_write, l2_dependents) = match (&self.l2, self.write_policy) {
-            (None, _) => {
+        let mut budget = self.instance.budget();
+        let (l2_write, l2_dependents) = match (budget.is_configured(), self.instance.write_policy()) {
+            (false, _) => {
                 self.insert_all_l1(&entries);
-                (L2Write::Disabled, None)
+                (L2Write::Disabled, Vec::new())
             }
-            (Some(_), WritePolicy::Required) => match self.write_l2(&entries).await {
-                Ok(dependents) => {
+            (true, WritePolicy::Required) => match self.write_l2(&mut budget, &entries).await {
+                Some(dependents) => {
                     self.insert_all_l1(&entries);
-                    (L2Write::Stored, Some(dependents))
+                    (L2Write::Stored, dependents)
                 }
-                Err(()) => {
-                    for (key, _, _) in &entries {
-                        self.l1.remove(key.as_str(), EvictionReason::Invalidated);
+                None => {
+                    for (entry, _) in &entries {
+                        self.l1.remove(entry.key(), EvictionReason::Invalidated);
                     }
                     return Err(EngineError::L2Unavailable);
                 }
             },
-            (Some(_), WritePolicy::BestEffort) => {
+            (true, WritePolicy::BestEffort) => {
                 self.insert_all_l1(&entries);
-                match self.write_l2(&entries).await {
-                    Ok(dependents) => (L2Write::Stored, Some(dependents)),
-                    Err(()) => (L2Write::Unavailable, None),
+                match self.write_l2(&mut budget, &entries).await {
+                    Some(dependents) => (L2Write::Stored, dependents),
+                    None => (L2Write::Unavailable, Vec::new()),
                 }
             }
         };
-        self.metrics.sets.inc_by(entries.len() as u64);
+        self.metrics().sets.inc_by(entries.len() as u64);
 
         // The written keys were announced with the write; what the cascade removed is
         // announced now.
-        let written: HashSet<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
-        let removal = self.cascade_from_writes(&written, l2_dependents).await;
-        self.announce_keys(removal.removed.iter(), !removal.l2_failed).await;
+        let written: HashSet<Key> = entries.iter().map(|(entry, _)| Key::of_entry(entry)).collect();
+        let removed = self.cascade_from_writes(&mut budget, &written, l2_dependents).await;
+        self.instance.bus().announce(&budget, removed.iter().map(Key::as_str)).await;
         Ok(entries
             .iter()
-            .map(|(_, entry, _)| WriteOutcome { expires_at_ms: entry.expires_at_ms(), l2: l2_write })
+            .map(|(entry, _)| WriteOutcome { expires_at_ms: entry.expires_at_ms(), l2: l2_write })
             .collect())
     }
 
-    fn insert_all_l1(&self, entries: &[(Key, Entry, Duration)]) {
-        for (_, entry, _) in entries {
+    fn insert_all_l1(&self, entries: &[(Entry, Duration)]) {
+        for (entry, _) in entries {
             self.l1.insert(entry.clone());
         }
     }
@@ -99,20 +96,16 @@ impl Engine {
     /// Stores `entries` in L2 and announces their keys to the other instances, in one round
     /// trip; returns the keys that depend on them there. On failure the announcement's `seq` is
     /// spent all the same, so every receiver clears its L1 (L2's state is unknown).
-    async fn write_l2(&self, entries: &[(Key, Entry, Duration)]) -> Result<Vec<String>, ()> {
-        let Some(l2) = &self.l2 else { return Ok(Vec::new()) };
+    async fn write_l2(&self, budget: &mut L2Budget<'_>, entries: &[(Entry, Duration)]) -> Option<Vec<String>> {
         let writes = entries
             .iter()
-            .map(|(key, entry, ttl)| EntryWrite {
-                key: key.as_str().to_string(),
+            .map(|(entry, ttl)| EntryWrite {
+                key: entry.key().to_string(),
                 envelope: envelope_of(entry),
-                retention: self.l2_retention(*ttl),
+                retention: self.lifetime.l2_retention(*ttl),
             })
             .collect();
-        let announce = |keys: &[&str]| self.evict_payloads(keys.iter().copied());
-        l2.write_and_announce(writes, &self.channel, announce).await.map_err(|err| {
-            tracing::debug!(%err, "l2 write failed");
-        })
+        budget.call(|l2| l2.write_and_announce(writes, self.instance.bus())).await
     }
 }
 

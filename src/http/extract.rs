@@ -41,7 +41,7 @@ impl FromRequestParts<AppState> for KeyPath {
         })?;
         let decoded = std::str::from_utf8(&decoded)
             .map_err(|_| ApiError::bad_request("invalid_key", "invalid key: not valid UTF-8 once percent-decoded"))?;
-        Ok(KeyPath(state.engine.parse_key(decoded)?))
+        Ok(KeyPath(state.cache.parse_key(decoded)?))
     }
 }
 

@@ -23,13 +23,11 @@ use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder};
 
 use crate::config::{ServerConfig, Settings};
-use crate::engine::snapshot::Persistence;
-use crate::engine::warm::Warmer;
-use crate::engine::Engine;
+use crate::engine::Cache;
 use crate::metrics::Metrics;
 
 /// What every handler can reach. Cheap to clone: one `Arc`.
@@ -39,7 +37,7 @@ pub(crate) struct AppState(Arc<Shared>);
 pub(crate) use self::auth::Auth;
 
 pub(crate) struct Shared {
-    pub engine: Arc<Engine>,
+    pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
     pub instance_id: String,
     pub started: Instant,
@@ -49,11 +47,6 @@ pub(crate) struct Shared {
     pub server: ServerConfig,
     /// In-flight request permits (`server.max_concurrency`); a request that finds none is shed.
     pub in_flight: Arc<Semaphore>,
-    pub warmer: Arc<Warmer>,
-    /// Wakes the warmer task after `POST /api/cache/warm` claimed a run.
-    pub warm_trigger: Arc<Notify>,
-    /// `None` when `persistence.path` is empty.
-    pub persistence: Option<Arc<Persistence>>,
     pub auth: auth::Auth,
     /// Which background tasks died; `/health` reports them.
     pub tasks: Arc<crate::tasks::TaskHealth>,

@@ -8,18 +8,18 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use crate::engine::Engine;
+use crate::engine::Instance;
 
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
+pub(crate) async fn run(instance: Arc<Instance>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut is_first_failure = true;
     loop {
         // Cancel safety: a connect attempt dropped by shutdown leaves nothing half-made.
         let attempt = tokio::select! {
             () = shutdown.cancelled() => return,
-            attempt = engine.connect_l2() => attempt,
+            attempt = instance.connect_l2() => attempt,
         };
         match attempt {
             Ok(()) => {
@@ -42,7 +42,7 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = ticker.tick() => engine.ping_l2().await,
+            _ = ticker.tick() => instance.ping_l2().await,
         }
     }
 }

@@ -6,17 +6,17 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
+use crate::engine::Cache;
 
-pub(crate) async fn run(engine: Arc<Engine>, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(cache: Arc<Cache>, interval: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                engine.refresh_gauges();
-                let stats = engine.stats();
+                cache.refresh_gauges();
+                let stats = cache.stats();
                 tracing::info!(
                     hits = stats.hits,
                     misses = stats.misses,

@@ -6,15 +6,11 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::snapshot::Persistence;
-use crate::engine::Engine;
+use crate::engine::Cache;
 
-pub(crate) async fn run(
-    engine: Arc<Engine>,
-    persistence: Arc<Persistence>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+/// Snapshots `cache` every `interval` (a cache without persistence has no snapshotter).
+pub(crate) async fn run(cache: Arc<Cache>, interval: Duration, shutdown: CancellationToken) {
+    let Some(persistence) = cache.persistence() else { return };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await; // The first tick is immediate; the start-up load decides the first one.
@@ -22,7 +18,7 @@ pub(crate) async fn run(
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {
-                let _ = persistence.snapshot(&engine).await;
+                let _ = persistence.snapshot(&cache).await;
             }
         }
     }

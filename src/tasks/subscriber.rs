@@ -10,14 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use crate::engine::l2::open_pubsub;
-use crate::engine::Engine;
+use crate::engine::Cache;
 
 /// How often the loop checks whether the data connection saw an outage.
 const OUTAGE_CHECK: Duration = Duration::from_millis(200);
 
-pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
-    let Some(config) = engine.l2_config().cloned() else { return };
-    let channel = engine.channel().to_string();
+pub(crate) async fn run(cache: Arc<Cache>, shutdown: CancellationToken) {
+    let instance = cache.instance().clone();
+    let Some(config) = instance.l2_config().cloned() else { return };
+    let channel = instance.bus().channel().to_string();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut was_subscribed = false;
     loop {
@@ -36,11 +37,11 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
             }
         };
         backoff.reset();
-        engine.take_l2_outage_seen();
-        engine.mark_subscribed();
+        instance.take_l2_outage_seen();
+        instance.bus().mark_subscribed();
         if was_subscribed {
             tracing::info!(channel, "invalidation subscription re-established");
-            engine.on_resubscribed();
+            cache.on_resubscribed();
         } else {
             tracing::info!(channel, "subscribed to invalidations");
         }
@@ -52,14 +53,14 @@ pub(crate) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 message = messages.next() => match message {
-                    Some(message) => engine.apply_message(message.get_payload_bytes()),
+                    Some(message) => cache.apply_payload(message.get_payload_bytes()),
                     None => {
                         tracing::info!("invalidation subscription lost");
                         break;
                     }
                 },
                 _ = outage_check.tick() => {
-                    if engine.take_l2_outage_seen() {
+                    if instance.take_l2_outage_seen() {
                         tracing::info!("l2 outage: re-subscribing to invalidations");
                         break;
                     }

@@ -5,12 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::snapshot::Persistence;
-use crate::engine::warm::Warmer;
-use crate::engine::{Engine, TierStatus};
+use crate::engine::{Cache, TierStatus};
 
 /// How long a start-up warm waits for the L2 connection before it goes ahead without it.
 const L2_WAIT: Duration = Duration::from_secs(2);
@@ -27,45 +24,43 @@ pub(crate) enum StartLoad {
     Nothing,
 }
 
+/// The warmer of one cache: its start-up load, then its warm schedule.
 pub(crate) struct WarmerTask {
-    pub engine: Arc<Engine>,
-    pub warmer: Arc<Warmer>,
-    pub persistence: Option<Arc<Persistence>>,
-    pub interval: Option<Duration>,
-    /// Notified by `POST /api/cache/warm` after it claimed the run.
-    pub trigger: Arc<Notify>,
+    pub cache: Arc<Cache>,
+    /// Set once the start-up load is done (`/ready`).
     pub ready: Arc<AtomicBool>,
 }
 
 impl WarmerTask {
     pub(crate) async fn run(self, start: StartLoad, shutdown: CancellationToken) {
+        let (cache, warmer) = (&self.cache, self.cache.warmer());
         let loaded = tokio::select! {
             () = shutdown.cancelled() => false,
             () = self.start_load(start) => true,
         };
         if !loaded {
-            self.warmer.abandon(self.engine.clock().now_ms());
+            warmer.abandon(cache.clock().now_ms());
             return;
         }
         loop {
             let periodic = async {
-                match self.interval {
+                match warmer.interval() {
                     Some(interval) => tokio::time::sleep(interval).await,
                     None => std::future::pending().await,
                 }
             };
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.trigger.notified() => true,
-                () = periodic => self.warmer.try_begin(self.engine.clock().now_ms()),
+                () = warmer.requested() => true,
+                () = periodic => warmer.try_begin(cache.clock().now_ms()),
             };
             if claimed {
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        self.warmer.abandon(self.engine.clock().now_ms());
+                        warmer.abandon(cache.clock().now_ms());
                         break;
                     }
-                    _ = self.warmer.run(&self.engine) => {}
+                    _ = warmer.run(cache) => {}
                 }
             }
         }
@@ -74,36 +69,37 @@ impl WarmerTask {
     /// Warmed entries are meant for L2 too, and at start its connection is still being made:
     /// give it a moment (bounded, counted against nothing else) before warming without it.
     async fn wait_for_l2(&self) {
-        if !self.engine.has_l2() {
+        if !self.cache.has_l2() {
             return;
         }
         let deadline = tokio::time::Instant::now() + L2_WAIT;
-        while self.engine.l2_status() != TierStatus::Up && tokio::time::Instant::now() < deadline {
+        while self.cache.l2_status() != TierStatus::Up && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn start_load(&self, start: StartLoad) {
+        let (cache, warmer) = (&self.cache, self.cache.warmer());
         match start {
             StartLoad::Restore => {
-                if let Some(persistence) = &self.persistence {
+                if let Some(persistence) = cache.persistence() {
                     tracing::info!(path = %persistence.path().display(), "start-up: restoring the snapshot in the background");
-                    persistence.restore(&self.engine).await;
+                    persistence.restore(cache).await;
                 }
-                if self.warmer.is_configured() && self.warmer.try_begin(self.engine.clock().now_ms()) {
+                if warmer.is_configured() && warmer.try_begin(cache.clock().now_ms()) {
                     tracing::info!("start-up: warming after the restore");
                     self.wait_for_l2().await;
-                    self.warmer.run(&self.engine).await;
+                    warmer.run(cache).await;
                 }
             }
             StartLoad::Warm => {
                 tracing::info!("start-up: warming before ready");
                 self.wait_for_l2().await;
-                self.warmer.run(&self.engine).await;
+                warmer.run(cache).await;
                 self.ready.store(true, Ordering::Release);
                 tracing::info!("ready");
-                if let Some(persistence) = &self.persistence {
-                    let _ = persistence.snapshot(&self.engine).await;
+                if let Some(persistence) = cache.persistence() {
+                    let _ = persistence.snapshot(cache).await;
                 }
             }
             StartLoad::Nothing => {}

@@ -606,10 +606,8 @@ fn shard_count(max_entries: u64) -> usize {
 mod tests {
     use std::num::NonZeroUsize;
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::engine::entry::NewEntry;
+    use crate::engine::test_support::{self, key, parts};
 
     fn l1(max_entries: usize, max_bytes: u64) -> L1 {
         let config = L1Config {
@@ -620,21 +618,9 @@ mod tests {
         L1::new(&config, Arc::new(Metrics::new()))
     }
 
-    fn key(raw: &str) -> Key {
-        Key::parse(raw, 512).unwrap()
-    }
-
+    /// An entry of `value_len` bytes living from 0 to 60 s.
     fn entry(key: &Key, value_len: usize, version: u64, tags: &[&str], deps: &[&str]) -> Entry {
-        NewEntry::new(
-            key,
-            Bytes::from(vec![b'1'; value_len]),
-            0,
-            60_000,
-            tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect(),
-            deps.iter().map(|dep| Key::parse(dep, 512).unwrap()).collect(),
-            version,
-        )
-        .build()
+        test_support::entry(parts(key, vec![b'1'; value_len], (0, 60_000), tags, deps), version)
     }
 
     #[test]
@@ -777,16 +763,7 @@ mod tests {
         let fresh = key("fresh");
         cache.insert(entry(&fresh, 10, 1, &["t"], &[]));
         let short = key("short");
-        let short_entry = NewEntry::new(
-            &short,
-            Bytes::from_static(b"1"),
-            0,
-            1_000,
-            Box::new([Tag::parse("t").unwrap()]),
-            Box::new([]),
-            2,
-        )
-        .build();
+        let short_entry = test_support::entry(parts(&short, &b"1"[..], (0, 1_000), &["t"], &[]), 2);
         cache.insert(short_entry);
         assert_eq!(cache.remove_expired(1_000), 1);
         assert!(cache.peek("short").is_none());

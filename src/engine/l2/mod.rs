@@ -17,6 +17,7 @@
 
 mod batch;
 mod breaker;
+mod budget;
 pub mod envelope;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use self::breaker::{Breaker, Transition};
+pub(crate) use self::budget::L2Budget;
 pub use self::envelope::Envelope;
+use super::bus::Bus;
 pub use crate::config::{Compression, L2Config, Target};
 use crate::metrics::Metrics;
 
@@ -178,26 +181,21 @@ impl L2 {
     }
 
     /// Stores entries, reads the dependents sets of their keys and publishes the invalidation
-    /// messages `announce` makes of the written keys, in that order: index records before the
+    /// messages the bus makes of the written keys, in that order: index records before the
     /// entries they index, so a tag or dependency lookup never misses a stored entry; the
     /// entries before the messages, so a peer that drops its copy on a message reads the new
-    /// value. Writes that arrive together go as one batch (`batch.rs`) with one `announce` for
+    /// value. Writes that arrive together go as one batch (`batch.rs`) with one announcement for
     /// all their keys. On one server a batch is a single pipeline (one round trip; Redis runs it
     /// in order); on a cluster, three steps (see [`L2::query_steps`]).
     ///
     /// Returns the keys whose entries still declare a dependency on one of the written keys
     /// (verified as in [`L2::dependents_of_each`]).
-    pub async fn write_and_announce(
-        &self,
-        entries: Vec<EntryWrite>,
-        channel: &str,
-        announce: impl Fn(&[&str]) -> Vec<String>,
-    ) -> Result<Vec<String>, L2Error> {
+    pub async fn write_and_announce(&self, entries: Vec<EntryWrite>, bus: &Bus) -> Result<Vec<String>, L2Error> {
         let entries = Arc::new(entries);
         let write = self.writes.run(
             entries.clone(),
-            |batch| self.write_batch(batch, channel, &announce),
-            |alone| async { Ok(self.write_batch(vec![alone], channel, &announce).await?.remove(0)) },
+            |batch| self.write_batch(batch, bus),
+            |alone| async { Ok(self.write_batch(vec![alone], bus).await?.remove(0)) },
         );
         let members = self.within_timeout(write).await?;
         let sets: Vec<(String, &str)> =
@@ -207,26 +205,21 @@ impl L2 {
 
     /// Sends one batch of writes (see [`L2::write_and_announce`]); answers, for each writer and
     /// each of its entries, the members of the entry's dependents set.
-    async fn write_batch(
-        &self,
-        batch: Vec<Arc<Vec<EntryWrite>>>,
-        channel: &str,
-        announce: &impl Fn(&[&str]) -> Vec<String>,
-    ) -> Result<Vec<Vec<Vec<String>>>, L2Error> {
+    async fn write_batch(&self, batch: Vec<Arc<Vec<EntryWrite>>>, bus: &Bus) -> Result<Vec<Vec<Vec<String>>>, L2Error> {
         let flat: Vec<(&str, &Envelope, Duration)> = batch
             .iter()
             .flat_map(|entries| entries.iter().map(|entry| (entry.key.as_str(), &entry.envelope, entry.retention)))
             .collect();
         let (index, mut writes) = self.write_commands(&flat);
         writes.extend(flat.iter().map(|(key, _, _)| redis::cmd("SMEMBERS").arg(self.dependents_key(key)).clone()));
-        let keys: Vec<&str> = flat.iter().map(|(key, _, _)| *key).collect();
-        let announcements = announce(&keys);
-        let publishes = announcements.iter().map(|message| redis::cmd("PUBLISH").arg(channel).arg(message).clone());
+        let announcements = bus.evict_payloads(flat.iter().map(|(key, _, _)| *key));
+        let publishes =
+            announcements.iter().map(|message| redis::cmd("PUBLISH").arg(bus.channel()).arg(message).clone());
         let mut replies = self.query_steps(vec![index, writes, publishes.collect()]).await?;
         if replies[1].len() != flat.len() * 2 {
             return Err(L2Error::Redis("a write pipeline came back short".to_string()));
         }
-        self.metrics.invalidations_published.inc_by(announcements.len() as u64);
+        bus.published(announcements.len());
         let mut members = replies[1].split_off(flat.len()).into_iter().map(redis::from_redis_value::<Vec<String>>);
         let mut answers = Vec::with_capacity(batch.len());
         for entries in &batch {

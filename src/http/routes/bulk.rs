@@ -34,7 +34,7 @@ pub async fn invalidate(
     }
     let keys = parse_keys(&state, body.keys.unwrap_or_default())?;
     let invalidation = Invalidation { keys, pattern: body.pattern, tags: body.tags.unwrap_or_default() };
-    let invalidated = state.engine.invalidate(&invalidation).await?;
+    let invalidated = state.cache.invalidate(&invalidation).await?;
     Ok(Json(json!({ "success": true, "invalidated": invalidated })).into_response())
 }
 
@@ -52,7 +52,7 @@ pub async fn batch_get(
     // The L1's hasher: std's SipHash costs more than the rest of a key's answer.
     let mut seen = HashSet::with_capacity_and_hasher(keys.len(), quick_cache::DefaultHashBuilder::default());
     keys.retain(|key| seen.insert(key.clone()));
-    let hits = state.engine.read_many(&keys).await;
+    let hits = state.cache.read_many(&keys).await;
     let mut found = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for (key, hit) in keys.into_iter().zip(hits) {
@@ -90,12 +90,12 @@ pub async fn batch_set(
     let mut writes: Vec<ValidWrite> = Vec::with_capacity(body.entries.len());
     for (idx, entry) in body.entries.into_iter().enumerate() {
         let at = |err: ApiError| prefix_error(err, idx);
-        let key = state.engine.parse_key(&entry.key).map_err(|err| at(err.into()))?;
+        let key = state.cache.parse_key(&entry.key).map_err(|err| at(err.into()))?;
         let value = entry
             .value
             .ok_or_else(|| at(ApiError::bad_request("missing_value", "the entry must have a value field")))?;
         let write = state
-            .engine
+            .cache
             .validate(WriteRequest {
                 key,
                 value: Bytes::copy_from_slice(value.get().as_bytes()),
@@ -107,9 +107,9 @@ pub async fn batch_set(
         writes.push(write);
     }
     let stored = writes.len();
-    let outcomes = state.engine.set_many(writes).await?;
+    let outcomes = state.cache.set_many(writes).await?;
     // One pipeline for the batch: every entry has the same L2 outcome, as PUT reports it.
-    let nothing_to_store = if state.engine.has_l2() { L2Write::Stored } else { L2Write::Disabled };
+    let nothing_to_store = if state.cache.has_l2() { L2Write::Stored } else { L2Write::Disabled };
     let l2 = outcomes.first().map_or(nothing_to_store, |outcome| outcome.l2);
     Ok(Json(json!({ "success": true, "stored": stored, "l2": l2.as_str() })).into_response())
 }
@@ -134,23 +134,23 @@ pub async fn evict(State(state): State<AppState>, JsonBody(body): JsonBody<Evict
                         format!("prediction for {key:?} must be in 0..=1"),
                     ));
                 }
-                predictions.insert(state.engine.parse_key(&key)?, probability);
+                predictions.insert(state.cache.parse_key(&key)?, probability);
             }
             Some(predictions)
         }
     };
-    let keys = state.engine.evict(usize::try_from(body.count).unwrap_or(usize::MAX), predictions.as_ref());
+    let keys = state.cache.evict(usize::try_from(body.count).unwrap_or(usize::MAX), predictions.as_ref());
     let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
     Ok(Json(json!({ "evicted": keys.len(), "keys": keys })).into_response())
 }
 
 pub async fn clear(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let cleared = state.engine.clear().await?;
+    let cleared = state.cache.clear().await?;
     Ok(Json(json!({ "cleared": cleared })).into_response())
 }
 
 fn parse_keys(state: &AppState, raw: Vec<String>) -> Result<Vec<Key>, ApiError> {
-    raw.iter().map(|key| state.engine.parse_key(key).map_err(ApiError::from)).collect()
+    raw.iter().map(|key| state.cache.parse_key(key).map_err(ApiError::from)).collect()
 }
 
 /// Says which batch entry an error is about.

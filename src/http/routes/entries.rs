@@ -18,8 +18,8 @@ use crate::http::render;
 use crate::http::AppState;
 
 pub async fn get(State(state): State<AppState>, KeyPath(key): KeyPath, headers: HeaderMap) -> Response {
-    match state.engine.read(&key).await {
-        Ok(Lookup::Hit(hit)) => render::hit(&key, &hit, state.engine.clock().now_ms(), &headers),
+    match state.cache.read(&key).await {
+        Ok(Lookup::Hit(hit)) => render::hit(&key, &hit, state.cache.clock().now_ms(), &headers),
         Ok(Lookup::Miss(miss)) => render::miss(&key, miss),
         Err(err) => {
             let mut response = ApiError::from(err).into_response();
@@ -51,7 +51,7 @@ pub async fn put(
         return Err(ApiError::bad_request("key_mismatch", "the body's key must equal the key in the path"));
     }
     let value = body.value.ok_or_else(|| ApiError::bad_request("missing_value", "the body must have a value field"))?;
-    let write = state.engine.validate(WriteRequest {
+    let write = state.cache.validate(WriteRequest {
         key,
         value: Bytes::copy_from_slice(value.get().as_bytes()),
         ttl_secs: body.ttl,
@@ -59,7 +59,7 @@ pub async fn put(
         depends_on: body.depends_on.unwrap_or_default(),
     })?;
     let key = write.key().clone();
-    let outcome = state.engine.set(write).await?;
+    let outcome = state.cache.set(write).await?;
     Ok(Json(json!({
         "success": true,
         "key": key.as_str(),
@@ -70,7 +70,7 @@ pub async fn put(
 }
 
 pub async fn delete(State(state): State<AppState>, KeyPath(key): KeyPath) -> Result<Response, ApiError> {
-    let outcome = state.engine.delete(&key).await?;
+    let outcome = state.cache.delete(&key).await?;
     Ok(Json(json!({ "deleted": outcome.deleted, "invalidated": outcome.invalidated })).into_response())
 }
 

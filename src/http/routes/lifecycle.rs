@@ -12,21 +12,21 @@ use crate::http::AppState;
 
 /// 202 and a warm run starts, 409 while one runs or without a source.
 pub async fn warm_start(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.warmer.is_configured() {
+    let warmer = state.cache.warmer();
+    if !warmer.is_configured() {
         return Err(ApiError::not_configured(
             "warm_not_configured",
             "no warm source is configured (warm.url, warm.keys)",
         ));
     }
-    if !state.warmer.try_begin(state.engine.clock().now_ms()) {
+    if !warmer.request(state.cache.clock().now_ms()) {
         return Err(ApiError::not_configured("warm_running", "a warm is running; see GET /api/cache/warm"));
     }
-    state.warm_trigger.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))).into_response())
 }
 
 pub async fn warm_status(State(state): State<AppState>) -> Response {
-    let status = state.warmer.status();
+    let status = state.cache.warmer().status();
     Json(json!({
         "state": status.state.as_str(),
         "started_at": status.started_at_ms.map(rfc3339),
@@ -40,10 +40,10 @@ pub async fn warm_status(State(state): State<AppState>) -> Response {
 
 /// Writes a snapshot now: 200 with what it holds, 409 with persistence off.
 pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let Some(persistence) = &state.persistence else {
+    let Some(persistence) = state.cache.persistence() else {
         return Err(ApiError::not_configured("persistence_disabled", "persistence is off (persistence.path)"));
     };
-    let info = persistence.snapshot(&state.engine).await.map_err(|_| ApiError::snapshot_failed())?;
+    let info = persistence.snapshot(&state.cache).await.map_err(|_| ApiError::snapshot_failed())?;
     Ok(Json(json!({
         "path": info.path.display().to_string(),
         "entries": info.entries,

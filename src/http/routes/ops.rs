@@ -20,7 +20,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let dead = state.tasks.dead();
     let mut body = json!({
         "status": if dead.is_empty() { "ok" } else { "degraded" },
-        "l2": state.engine.l2_status().as_str(),
+        "l2": state.cache.l2_status().as_str(),
         "instance_id": state.instance_id,
         "uptime_secs": state.started.elapsed().as_secs(),
     });
@@ -42,7 +42,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
 /// The JSON metrics of SPEC §8. Fields of tiers and features this build does not have are
 /// present with their idle values, so clients can rely on the shape.
 pub async fn metrics_json(State(state): State<AppState>) -> Response {
-    let stats = state.engine.stats();
+    let stats = state.cache.stats();
     let lookups = stats.hits + stats.misses;
     let hit_rate = if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 };
     Json(json!({
@@ -58,7 +58,7 @@ pub async fn metrics_json(State(state): State<AppState>) -> Response {
         "l2_hits": stats.l2_hits,
         "l2_misses": stats.l2_misses,
         "l2_errors": stats.l2_errors,
-        "l2_status": state.engine.l2_status().as_str(),
+        "l2_status": state.cache.l2_status().as_str(),
         "origin_fetches": stats.origin_fetches,
         "origin_errors": stats.origin_errors,
         "coalesced": stats.coalesced,
@@ -82,7 +82,7 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
     if !state.metrics_enabled {
         return ApiError::not_found().into_response();
     }
-    state.engine.refresh_gauges();
+    state.cache.refresh_gauges();
     let mut response = state.metrics.render().into_response();
     response
         .headers_mut()

@@ -32,7 +32,7 @@ pub async fn queue(
     let mut items = Vec::with_capacity(body.items.len());
     for (idx, item) in body.items.into_iter().enumerate() {
         let at = |err: ApiError| err.with_context(&format!("items[{idx}]"));
-        let key = state.engine.parse_writable_key(&item.key).map_err(|err| at(err.into()))?;
+        let key = state.cache.parse_writable_key(&item.key).map_err(|err| at(err.into()))?;
         match item.priority {
             Some(priority) if (0.0..=1.0).contains(&priority) => items.push((key, priority)),
             _ => {
@@ -40,17 +40,17 @@ pub async fn queue(
             }
         }
     }
-    if !state.engine.has_origin() {
+    if !state.cache.has_origin() {
         return Err(ApiError::not_configured("origin_not_configured", "prefetch needs an origin (origin.url)"));
     }
-    let outcome = state.engine.queue_prefetch(&items);
+    let outcome = state.cache.queue_prefetch(&items);
     Ok((axum::http::StatusCode::ACCEPTED, Json(json!({ "queued": outcome.queued, "skipped": outcome.skipped })))
         .into_response())
 }
 
 pub async fn list(State(state): State<AppState>) -> Response {
     let queue: Vec<_> = state
-        .engine
+        .cache
         .prefetch_queue()
         .into_iter()
         .map(|item| json!({ "key": item.key.as_str(), "priority": item.priority, "queued_at": rfc3339(item.queued_at_ms) }))
