@@ -19,6 +19,8 @@ pub(crate) mod tasks;
 
 pub use app::App;
 pub use config::Settings;
+#[doc(hidden)]
+pub use http::route::FIXED as FIXED_ROUTES;
 pub use http::router_for_tests;
 pub use tasks::TaskHealth;
 

@@ -26,6 +26,108 @@ pub enum EvictionReason {
     Replaced,
 }
 
+/// Every counter of the service, each named once: its field, its Prometheus family (with its
+/// label, for a family of several), and the fields of `/api/cache/metrics` it adds to. A
+/// family of `""` is JSON only. `Counters::register` makes the families from this table and
+/// `Counters::totals` the JSON, so the two forms cannot drift apart.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $field:ident: $family:literal $(($label:literal = $value:literal))?, $help:literal,
+        json [$($json:literal),*]; )*) => {
+        pub struct Counters {
+            $( $(#[$doc])* pub(crate) $field: IntCounter, )*
+        }
+
+        impl Counters {
+            fn register(registry: &Registry) -> Counters {
+                let mut families = Families { registry, vecs: Vec::new() };
+                Counters {
+                    $( $field: families.counter($family, $help, &[$($label)?], &[$($value)?]), )*
+                }
+            }
+
+            /// The counter fields of the JSON metrics (SPEC §8), each the sum of its counters.
+            pub fn totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+                let mut totals = std::collections::BTreeMap::new();
+                $( for name in [$($json),*] {
+                    *totals.entry(name).or_insert(0) += self.$field.get();
+                } )*
+                totals
+            }
+        }
+    };
+}
+
+counters! {
+    hits_l1: "tiercache_hits_total"("tier" = "l1"), "Cache hits, by tier", json ["hits"];
+    hits_l2: "tiercache_hits_total"("tier" = "l2"), "Cache hits, by tier", json ["hits", "l2_hits"];
+    misses: "tiercache_misses_total", "Lookups no tier could answer", json ["misses"];
+    sets: "tiercache_sets_total", "Entries written", json ["sets"];
+    deletes: "tiercache_deletes_total", "Keys removed by DELETE /api/cache/{key}", json ["deletes"];
+    evicted_capacity: "tiercache_evictions_total"("reason" = "capacity"), "Entries that left L1, by reason",
+        json ["evictions"];
+    evicted_expired: "tiercache_evictions_total"("reason" = "expired"), "Entries that left L1, by reason",
+        json ["expirations"];
+    evicted_invalidated: "tiercache_evictions_total"("reason" = "invalidated"), "Entries that left L1, by reason",
+        json [];
+    evicted_manual: "tiercache_evictions_total"("reason" = "manual"), "Entries that left L1, by reason",
+        json ["evictions"];
+    l2_errors: "tiercache_l2_errors_total", "Failed L2 calls and malformed L2 values", json ["l2_errors"];
+    /// L2 lookups that found nothing (JSON only: `tiercache_misses_total` counts whole misses).
+    l2_misses: "", "", json ["l2_misses"];
+    invalidations_published: "tiercache_invalidation_messages_total"("direction" = "published"),
+        "Invalidation pub/sub messages, by direction", json ["invalidations_published"];
+    invalidations_received: "tiercache_invalidation_messages_total"("direction" = "received"),
+        "Invalidation pub/sub messages, by direction", json ["invalidations_received"];
+    invalidations_malformed: "tiercache_invalidation_messages_total"("direction" = "malformed"),
+        "Invalidation pub/sub messages, by direction", json ["invalidations_malformed"];
+    /// Answers served from a copy past its expiry (grace); never counted as hits.
+    stale_served: "tiercache_stale_served_total", "Answers served stale within cache.grace_secs",
+        json ["stale_served"];
+    /// Reads that joined a lookup already in flight for their key instead of starting one.
+    coalesced: "tiercache_coalesced_total", "Reads that waited for a lookup of their key already in flight",
+        json ["coalesced"];
+    origin_ok: "tiercache_origin_fetches_total"("result" = "ok"), "Origin requests, by result",
+        json ["origin_fetches"];
+    origin_not_found: "tiercache_origin_fetches_total"("result" = "not_found"), "Origin requests, by result",
+        json ["origin_fetches"];
+    origin_errors: "tiercache_origin_fetches_total"("result" = "error"), "Origin requests, by result",
+        json ["origin_fetches", "origin_errors"];
+    /// Keys accepted into the prefetch queue.
+    prefetch_requests: "tiercache_prefetch_requests_total", "Keys accepted into the prefetch queue",
+        json ["prefetch_requests"];
+    /// First reads of entries brought in by prefetch.
+    prefetch_hits: "tiercache_prefetch_hits_total", "First reads of entries brought in by prefetch",
+        json ["prefetch_hits"];
+    /// Snapshot files found at start but not restored (truncated, corrupt, other version).
+    snapshot_load_errors: "tiercache_snapshot_load_errors_total",
+        "Snapshot files found at start but not restored (truncated, corrupt or another version)", json [];
+}
+
+/// The counter families being registered: one `IntCounterVec` per family name, its labels
+/// fixed by the first counter of the family.
+struct Families<'a> {
+    registry: &'a Registry,
+    vecs: Vec<(&'static str, IntCounterVec)>,
+}
+
+impl Families<'_> {
+    fn counter(&mut self, family: &'static str, help: &'static str, labels: &[&str], values: &[&str]) -> IntCounter {
+        if family.is_empty() {
+            return IntCounter::new("unregistered", "json only").expect("valid metric");
+        }
+        let vec = match self.vecs.iter().find(|(name, _)| *name == family) {
+            Some((_, vec)) => vec.clone(),
+            None => {
+                let vec = IntCounterVec::new(Opts::new(family, help), labels).expect("valid metric");
+                self.registry.register(Box::new(vec.clone())).expect("metric names are unique");
+                self.vecs.push((family, vec.clone()));
+                vec
+            }
+        };
+        vec.with_label_values(values)
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Unique per `Metrics`, process-wide: keys the per-thread handle cache of
@@ -33,43 +135,16 @@ pub struct Metrics {
     id: u64,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    pub(crate) hits_l1: IntCounter,
-    pub(crate) hits_l2: IntCounter,
-    pub(crate) misses: IntCounter,
-    pub(crate) sets: IntCounter,
-    pub(crate) deletes: IntCounter,
-    evicted_capacity: IntCounter,
-    evicted_expired: IntCounter,
-    evicted_invalidated: IntCounter,
-    evicted_manual: IntCounter,
+    pub(crate) counters: Counters,
     pub(crate) entries: IntGauge,
     pub(crate) bytes: IntGauge,
     pub(crate) l2_up: IntGauge,
-    pub(crate) l2_errors: IntCounter,
-    pub(crate) invalidations_published: IntCounter,
-    pub(crate) invalidations_received: IntCounter,
-    pub(crate) invalidations_malformed: IntCounter,
-    /// Answers served from a copy past its expiry (grace); never counted as hits.
-    pub(crate) stale_served: IntCounter,
-    /// Reads that joined a lookup already in flight for their key instead of starting one.
-    pub(crate) coalesced: IntCounter,
-    pub(crate) origin_ok: IntCounter,
-    pub(crate) origin_not_found: IntCounter,
-    pub(crate) origin_errors: IntCounter,
     pub(crate) origin_duration: Histogram,
-    /// Keys accepted into the prefetch queue.
-    pub(crate) prefetch_requests: IntCounter,
-    /// First reads of entries brought in by prefetch.
-    pub(crate) prefetch_hits: IntCounter,
     pub(crate) prefetch_queue_size: IntGauge,
     pub(crate) warm_duration: Histogram,
     pub(crate) snapshot_duration: Histogram,
     /// Unix seconds of the last snapshot written; 0 = none yet.
     pub(crate) snapshot_last_success: Gauge,
-    /// Snapshot files found at start but not restored (truncated, corrupt, other version).
-    pub(crate) snapshot_load_errors: IntCounter,
-    /// L2 lookups that found nothing (JSON only: `tiercache_misses_total` counts whole misses).
-    pub(crate) l2_misses: AtomicU64,
     /// Value bytes before and after compression, over compressed values only.
     compressed_original_bytes: AtomicU64,
     compressed_stored_bytes: AtomicU64,
@@ -90,37 +165,10 @@ impl Metrics {
             &["route", "method"],
         )
         .expect("valid metric");
-        let hits = IntCounterVec::new(Opts::new("tiercache_hits_total", "Cache hits, by tier"), &["tier"])
-            .expect("valid metric");
-        let misses = IntCounter::new("tiercache_misses_total", "Lookups no tier could answer").expect("valid metric");
-        let sets = IntCounter::new("tiercache_sets_total", "Entries written").expect("valid metric");
-        let deletes = IntCounter::new("tiercache_deletes_total", "Keys removed by DELETE /api/cache/{key}")
-            .expect("valid metric");
-        let evictions =
-            IntCounterVec::new(Opts::new("tiercache_evictions_total", "Entries that left L1, by reason"), &["reason"])
-                .expect("valid metric");
         let entries = IntGauge::new("tiercache_entries", "Entries in L1").expect("valid metric");
-        let l2_up = IntGauge::new("tiercache_l2_up", "1 when L2 (Redis) is reachable, else 0").expect("valid metric");
-        let l2_errors = IntCounter::new("tiercache_l2_errors_total", "Failed L2 calls and malformed L2 values")
-            .expect("valid metric");
-        let invalidation_messages = IntCounterVec::new(
-            Opts::new("tiercache_invalidation_messages_total", "Invalidation pub/sub messages, by direction"),
-            &["direction"],
-        )
-        .expect("valid metric");
         let bytes = IntGauge::new("tiercache_bytes", "Bytes held by L1 entries (key + value + metadata)")
             .expect("valid metric");
-        let stale_served =
-            IntCounter::new("tiercache_stale_served_total", "Answers served stale within cache.grace_secs")
-                .expect("valid metric");
-        let coalesced = IntCounter::new(
-            "tiercache_coalesced_total",
-            "Reads that waited for a lookup of their key already in flight",
-        )
-        .expect("valid metric");
-        let origin_fetches =
-            IntCounterVec::new(Opts::new("tiercache_origin_fetches_total", "Origin requests, by result"), &["result"])
-                .expect("valid metric");
+        let l2_up = IntGauge::new("tiercache_l2_up", "1 when L2 (Redis) is reachable, else 0").expect("valid metric");
         let origin_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "tiercache_origin_fetch_duration_seconds",
@@ -129,12 +177,6 @@ impl Metrics {
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         )
         .expect("valid metric");
-        let prefetch_requests =
-            IntCounter::new("tiercache_prefetch_requests_total", "Keys accepted into the prefetch queue")
-                .expect("valid metric");
-        let prefetch_hits =
-            IntCounter::new("tiercache_prefetch_hits_total", "First reads of entries brought in by prefetch")
-                .expect("valid metric");
         let slow_buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
         let warm_duration = Histogram::with_opts(
             HistogramOpts::new("tiercache_warm_duration_seconds", "Time of one warm run").buckets(slow_buckets.clone()),
@@ -150,77 +192,38 @@ impl Metrics {
             "Unix time of the last snapshot written (0 = none)",
         )
         .expect("valid metric");
-        let snapshot_load_errors = IntCounter::new(
-            "tiercache_snapshot_load_errors_total",
-            "Snapshot files found at start but not restored (truncated, corrupt or another version)",
-        )
-        .expect("valid metric");
         let prefetch_queue_size =
             IntGauge::new("tiercache_prefetch_queue_size", "Keys waiting in the prefetch queue").expect("valid metric");
 
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
-            Box::new(hits.clone()),
-            Box::new(misses.clone()),
-            Box::new(sets.clone()),
-            Box::new(deletes.clone()),
-            Box::new(evictions.clone()),
             Box::new(entries.clone()),
             Box::new(bytes.clone()),
             Box::new(l2_up.clone()),
-            Box::new(l2_errors.clone()),
-            Box::new(invalidation_messages.clone()),
-            Box::new(stale_served.clone()),
-            Box::new(coalesced.clone()),
-            Box::new(origin_fetches.clone()),
             Box::new(origin_duration.clone()),
-            Box::new(prefetch_requests.clone()),
-            Box::new(prefetch_hits.clone()),
             Box::new(prefetch_queue_size.clone()),
             Box::new(warm_duration.clone()),
             Box::new(snapshot_duration.clone()),
             Box::new(snapshot_last_success.clone()),
-            Box::new(snapshot_load_errors.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
 
         Self {
-            hits_l1: hits.with_label_values(&["l1"]),
-            hits_l2: hits.with_label_values(&["l2"]),
-            evicted_capacity: evictions.with_label_values(&["capacity"]),
-            evicted_expired: evictions.with_label_values(&["expired"]),
-            evicted_invalidated: evictions.with_label_values(&["invalidated"]),
-            evicted_manual: evictions.with_label_values(&["manual"]),
+            counters: Counters::register(&registry),
             registry,
             id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
             http_requests,
             http_duration,
-            misses,
-            sets,
-            deletes,
             entries,
             bytes,
             l2_up,
-            l2_errors,
-            invalidations_published: invalidation_messages.with_label_values(&["published"]),
-            invalidations_received: invalidation_messages.with_label_values(&["received"]),
-            invalidations_malformed: invalidation_messages.with_label_values(&["malformed"]),
-            stale_served,
-            coalesced,
-            origin_ok: origin_fetches.with_label_values(&["ok"]),
-            origin_not_found: origin_fetches.with_label_values(&["not_found"]),
-            origin_errors: origin_fetches.with_label_values(&["error"]),
             origin_duration,
-            prefetch_requests,
-            prefetch_hits,
             prefetch_queue_size,
             warm_duration,
             snapshot_duration,
             snapshot_last_success,
-            snapshot_load_errors,
-            l2_misses: AtomicU64::new(0),
             compressed_original_bytes: AtomicU64::new(0),
             compressed_stored_bytes: AtomicU64::new(0),
         }
@@ -229,22 +232,13 @@ impl Metrics {
     /// Counts one entry leaving L1.
     #[inline]
     pub fn record_eviction(&self, reason: EvictionReason) {
+        let counters = &self.counters;
         match reason {
-            EvictionReason::Capacity => self.evicted_capacity.inc(),
-            EvictionReason::Expired => self.evicted_expired.inc(),
-            EvictionReason::Invalidated => self.evicted_invalidated.inc(),
-            EvictionReason::Manual => self.evicted_manual.inc(),
+            EvictionReason::Capacity => counters.evicted_capacity.inc(),
+            EvictionReason::Expired => counters.evicted_expired.inc(),
+            EvictionReason::Invalidated => counters.evicted_invalidated.inc(),
+            EvictionReason::Manual => counters.evicted_manual.inc(),
             EvictionReason::Replaced => {}
-        }
-    }
-
-    pub fn evictions(&self, reason: EvictionReason) -> u64 {
-        match reason {
-            EvictionReason::Capacity => self.evicted_capacity.get(),
-            EvictionReason::Expired => self.evicted_expired.get(),
-            EvictionReason::Invalidated => self.evicted_invalidated.get(),
-            EvictionReason::Manual => self.evicted_manual.get(),
-            EvictionReason::Replaced => 0,
         }
     }
 

@@ -96,21 +96,21 @@ impl Bus {
     /// Counts messages L2 took: the one place `invalidations_published` grows, whether they
     /// went alone ([`Bus::send`]) or with a write's pipeline (`L2::write_and_announce`).
     pub fn published(&self, count: usize) {
-        self.metrics.invalidations_published.inc_by(count as u64);
+        self.metrics.counters.invalidations_published.inc_by(count as u64);
     }
 
     /// Judges a payload received on the channel: counts it, skips this instance's own, and
     /// notices a gap in a peer's `seq`.
     pub fn receive(&self, payload: &[u8]) -> Received {
         let Some(message) = Message::parse(payload) else {
-            self.metrics.invalidations_malformed.inc();
+            self.metrics.counters.invalidations_malformed.inc();
             tracing::warn!(payload_len = payload.len(), "malformed invalidation message ignored");
             return Received::Ignored;
         };
         if message.origin.as_deref() == Some(self.instance_id.as_str()) {
             return Received::Ignored;
         }
-        self.metrics.invalidations_received.inc();
+        self.metrics.counters.invalidations_received.inc();
         let missed = match (&message.origin, message.seq) {
             (Some(origin), Some(seq)) => self.peers.observe(origin, seq),
             _ => false,

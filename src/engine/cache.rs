@@ -17,7 +17,7 @@ use super::prefetch::PrefetchQueue;
 use super::read::Resolved;
 use super::snapshot::Persistence;
 use super::warm::Warmer;
-use super::{Clock, EngineError, EngineStats, Entry, Instance, Key, Tag, TierStatus, ValidWrite, WriteRequest};
+use super::{CacheStats, Clock, EngineError, Entry, Instance, Key, Tag, TierStatus, ValidWrite, WriteRequest};
 use crate::config::{CacheConfig, EntryLimits};
 use crate::metrics::{EvictionReason, Metrics};
 
@@ -39,7 +39,7 @@ impl Cache {
     pub fn new(instance: Arc<Instance>, config: CacheConfig) -> Cache {
         Cache {
             l1: L1::new(&config.l1, instance.metrics_handle()),
-            lifetime: Lifetime::new(config.lifetime, instance.has_l2()),
+            lifetime: Lifetime::of(config.lifetime, &instance),
             limits: config.limits,
             origin: config.origin.map(Origin::new),
             flights: Flights::new(),
@@ -195,31 +195,16 @@ impl Cache {
         self.l1.remove_expired(self.clock().now_ms())
     }
 
-    pub fn stats(&self) -> EngineStats {
+    /// The JSON metrics' counters (`Metrics` makes them from its one table) and this cache's
+    /// sizes and ratios.
+    pub fn stats(&self) -> CacheStats {
         let metrics = self.metrics();
-        EngineStats {
-            hits: metrics.hits_l1.get() + metrics.hits_l2.get(),
-            l2_hits: metrics.hits_l2.get(),
-            misses: metrics.misses.get(),
-            sets: metrics.sets.get(),
-            deletes: metrics.deletes.get(),
-            evictions: metrics.evictions(EvictionReason::Capacity) + metrics.evictions(EvictionReason::Manual),
-            expirations: metrics.evictions(EvictionReason::Expired),
+        CacheStats {
+            counters: metrics.counters.totals(),
             l1_size: self.l1.len() as u64,
             l1_bytes: self.l1.bytes(),
-            l2_misses: metrics.l2_misses.load(std::sync::atomic::Ordering::Relaxed),
-            l2_errors: metrics.l2_errors.get(),
-            compression_ratio: metrics.compression_ratio(),
-            invalidations_published: metrics.invalidations_published.get(),
-            invalidations_received: metrics.invalidations_received.get(),
-            invalidations_malformed: metrics.invalidations_malformed.get(),
-            origin_fetches: metrics.origin_ok.get() + metrics.origin_not_found.get() + metrics.origin_errors.get(),
-            origin_errors: metrics.origin_errors.get(),
-            coalesced: metrics.coalesced.get(),
-            stale_served: metrics.stale_served.get(),
-            prefetch_requests: metrics.prefetch_requests.get(),
-            prefetch_hits: metrics.prefetch_hits.get(),
             prefetch_queue_size: self.prefetch_queue.len() as u64,
+            compression_ratio: metrics.compression_ratio(),
             snapshot_last_success_ms: Some((metrics.snapshot_last_success.get() * 1000.0) as u64).filter(|ms| *ms > 0),
         }
     }

@@ -351,6 +351,15 @@ impl fmt::Debug for Entry {
     }
 }
 
+/// Deserializes a present field as its raw JSON text, so that `null` is `Some("null")` and
+/// only a missing field (with `#[serde(default)]`) is `None`: a value field of a body or a
+/// warm item, kept as the bytes the client sent.
+pub(crate) fn present_raw<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Box<serde_json::value::RawValue>>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

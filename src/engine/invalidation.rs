@@ -33,7 +33,7 @@ impl Cache {
         }
         let deleted = removed.contains(key);
         if deleted {
-            self.metrics().deletes.inc();
+            self.metrics().counters.deletes.inc();
         }
         Ok(DeleteOutcome { deleted, invalidated: removed.len() })
     }
@@ -251,7 +251,7 @@ mod tests {
             runtime.block_on(put(&engine, "k", &[]));
             let parses = crate::engine::messages::Message::parse(&payload).is_some();
             engine.apply_payload(&payload);
-            let malformed = engine.stats().invalidations_malformed;
+            let malformed = engine.stats().counter("invalidations_malformed");
             proptest::prop_assert_eq!(malformed, u64::from(!parses));
             if !parses {
                 proptest::prop_assert!(present(&engine, "k"), "a malformed message changes nothing");
@@ -359,8 +359,8 @@ mod tests {
         engine.apply_payload(b"{not json");
         engine.apply_payload(br#"{"type":"EVICT"}"#);
         assert!(present(&engine, "a"));
-        assert_eq!(engine.stats().invalidations_malformed, 2);
-        assert_eq!(engine.stats().invalidations_received, 0);
+        assert_eq!(engine.stats().counter("invalidations_malformed"), 2);
+        assert_eq!(engine.stats().counter("invalidations_received"), 0);
     }
 
     #[tokio::test]

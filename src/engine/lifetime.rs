@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::entry::{EntryParts, NewEntry};
-use super::Key;
+use super::{Instance, Key};
 use crate::config::LifetimeConfig;
 
 #[derive(Debug, Clone, Copy)]
@@ -17,8 +17,9 @@ pub(crate) struct Lifetime {
 }
 
 impl Lifetime {
-    pub fn new(config: LifetimeConfig, has_l2: bool) -> Lifetime {
-        Lifetime { l1_max_ttl: config.l1_max_ttl.filter(|_| has_l2), grace: config.grace }
+    /// The lifetimes of a cache of `instance` (the L1 cap holds only with L2).
+    pub fn of(config: LifetimeConfig, instance: &Instance) -> Lifetime {
+        Lifetime { l1_max_ttl: config.l1_max_ttl.filter(|_| instance.has_l2()), grace: config.grace }
     }
 
     /// An entry of `parts` with `version`, its L1 copy's lifetime set for a copy made at `now_ms`.

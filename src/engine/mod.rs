@@ -45,6 +45,7 @@ pub use self::error::EngineError;
 pub use self::instance::Instance;
 pub use self::key::{Key, Tag};
 pub use self::origin::OriginError;
+pub use self::read::Brought;
 
 /// Which tier answered a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,32 +198,22 @@ pub struct Invalidation {
     pub tags: Vec<String>,
 }
 
-/// Counters and sizes for the JSON metrics.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EngineStats {
-    pub hits: u64,
-    pub l2_hits: u64,
-    pub misses: u64,
-    pub sets: u64,
-    pub deletes: u64,
-    pub evictions: u64,
-    pub expirations: u64,
+/// What the JSON metrics report of a cache: the counter fields by name, and its sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheStats {
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
     pub l1_size: u64,
     pub l1_bytes: u64,
-    pub l2_misses: u64,
-    pub l2_errors: u64,
-    pub compression_ratio: f64,
-    pub invalidations_published: u64,
-    pub invalidations_received: u64,
-    pub invalidations_malformed: u64,
-    /// Origin requests, whatever their result; `origin_errors` counts the failed ones.
-    pub origin_fetches: u64,
-    pub origin_errors: u64,
-    pub coalesced: u64,
-    pub stale_served: u64,
-    pub prefetch_requests: u64,
-    pub prefetch_hits: u64,
     pub prefetch_queue_size: u64,
+    /// Stored / original bytes over compressed values; 1.0 when none.
+    pub compression_ratio: f64,
     /// Unix ms of the last snapshot written by this process.
     pub snapshot_last_success_ms: Option<u64>,
+}
+
+impl CacheStats {
+    /// The counter field `name` (0 for a name no counter adds to).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
 }

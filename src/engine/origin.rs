@@ -78,10 +78,10 @@ impl Origin {
         };
         metrics.origin_duration.observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(Fetched::Value { .. }) => metrics.origin_ok.inc(),
-            Ok(Fetched::NotFound) => metrics.origin_not_found.inc(),
+            Ok(Fetched::Value { .. }) => metrics.counters.origin_ok.inc(),
+            Ok(Fetched::NotFound) => metrics.counters.origin_not_found.inc(),
             Err(err) => {
-                metrics.origin_errors.inc();
+                metrics.counters.origin_errors.inc();
                 tracing::warn!(key = key.as_str(), %err, "origin fetch failed");
             }
         }

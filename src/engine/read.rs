@@ -17,7 +17,6 @@
 //! cache could not answer itself (origin fetches included), `stale_served` for stale answers
 //! (neither a hit nor a miss), `coalesced` for reads that joined a running flight.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +48,23 @@ pub(crate) enum Resolved {
     Failed(OriginError),
 }
 
+/// How a flight begins: with an L2 read, or straight at the origin when the caller has just
+/// read L2 itself (a batch read's MGET) or there is no L2 copy to look for (an L2 stale copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L2Step {
+    Read,
+    Skip,
+}
+
+/// What an entry the origin brings is marked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Brought {
+    /// Asked for by a reader or a warm.
+    OnDemand,
+    /// Brought ahead of demand by prefetch: its first read counts in `prefetch_hits`.
+    Prefetched,
+}
+
 /// What L1 holds for a key at one instant.
 enum L1State {
     Fresh(Entry),
@@ -69,14 +85,14 @@ impl Cache {
     pub async fn read(self: &Arc<Self>, key: &Key) -> Result<Lookup, EngineError> {
         let fallback = match self.probe_l1(key, self.clock().now_ms()) {
             L1State::Fresh(entry) => {
-                self.metrics().hits_l1.inc();
+                self.metrics().counters.hits_l1.inc();
                 if entry.take_prefetched() {
-                    self.metrics().prefetch_hits.inc();
+                    self.metrics().counters.prefetch_hits.inc();
                 }
                 return Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Fresh }));
             }
             L1State::Negative => {
-                self.metrics().misses.inc();
+                self.metrics().counters.misses.inc();
                 return Ok(Lookup::Miss(Miss::Negative));
             }
             L1State::Stale(entry) => return Ok(Lookup::Hit(self.serve_stale(key, entry, Source::L1))),
@@ -84,10 +100,10 @@ impl Cache {
             L1State::Absent => None,
         };
         if !self.has_l2() && self.origin.is_none() {
-            self.metrics().misses.inc();
+            self.metrics().counters.misses.inc();
             return Ok(Lookup::Miss(Miss::Absent));
         }
-        let resolved = self.join_flight(key, true, false).await;
+        let resolved = self.join_flight(key, L2Step::Read, Brought::OnDemand).await;
         self.settle(resolved, fallback)
     }
 
@@ -102,11 +118,11 @@ impl Cache {
         for (idx, key) in keys.iter().enumerate() {
             answers.push(match self.probe_l1(key, now_ms) {
                 L1State::Fresh(entry) => {
-                    self.metrics().hits_l1.inc();
+                    self.metrics().counters.hits_l1.inc();
                     Some(Hit { entry, source: Source::L1, served: Served::Fresh })
                 }
                 L1State::Negative => {
-                    self.metrics().misses.inc();
+                    self.metrics().counters.misses.inc();
                     None
                 }
                 L1State::Stale(entry) => Some(self.serve_stale(key, entry, Source::L1)),
@@ -130,12 +146,12 @@ impl Cache {
                     let key = &keys[idx];
                     match envelope.and_then(|envelope| self.fill_from_l2(key, envelope, token)) {
                         Some(entry) if !entry.is_past_expiry(self.clock().now_ms()) => {
-                            self.metrics().hits_l2.inc();
+                            self.metrics().counters.hits_l2.inc();
                             answers[idx] = Some(Hit { entry, source: Source::L2, served: Served::Fresh });
                         }
                         Some(stale) => answers[idx] = Some(self.serve_stale(key, stale, Source::L2)),
                         None => {
-                            self.metrics().l2_misses.fetch_add(1, Ordering::Relaxed);
+                            self.metrics().counters.l2_misses.inc();
                             still_pending.push((idx, fallback));
                         }
                     }
@@ -144,10 +160,10 @@ impl Cache {
             }
         }
         if self.origin.is_none() {
-            self.metrics().misses.inc_by(pending.len() as u64);
+            self.metrics().counters.misses.inc_by(pending.len() as u64);
             return answers;
         }
-        let fetches = pending.iter().map(|(idx, _)| self.join_flight(&keys[*idx], false, false));
+        let fetches = pending.iter().map(|(idx, _)| self.join_flight(&keys[*idx], L2Step::Skip, Brought::OnDemand));
         let results = join_all(fetches).await;
         for ((idx, fallback), resolved) in pending.into_iter().zip(results) {
             answers[idx] = match self.settle(resolved, fallback) {
@@ -163,7 +179,7 @@ impl Cache {
         let outcome = self
             .prefetch_queue
             .offer(items, self.clock().now_ms(), |key| self.is_cached(key) || self.flights.is_running(key.as_str()));
-        self.metrics().prefetch_requests.inc_by(outcome.queued as u64);
+        self.metrics().counters.prefetch_requests.inc_by(outcome.queued as u64);
         self.metrics().prefetch_queue_size.set(self.prefetch_queue.len() as i64);
         outcome
     }
@@ -184,17 +200,17 @@ impl Cache {
     /// job); an entry it brings from the origin counts in `prefetch_hits` when first read.
     /// Returns whether the key is now cached.
     pub async fn prefetch(self: &Arc<Self>, key: &Key) -> bool {
-        self.fetch_into_cache(key, true).await
+        self.fetch_into_cache(key, Brought::Prefetched).await
     }
 
     /// Brings `key` into L1 through L2 or the origin unless it is there fresh (prefetch and
-    /// warming by keys); `prefetched` marks what the origin brings for `prefetch_hits`.
-    /// Returns whether the key is now cached.
-    pub async fn fetch_into_cache(self: &Arc<Self>, key: &Key, prefetched: bool) -> bool {
+    /// warming by keys), marking what the origin brings as `brought`. Returns whether the key
+    /// is now cached.
+    pub async fn fetch_into_cache(self: &Arc<Self>, key: &Key, brought: Brought) -> bool {
         if matches!(self.probe_l1(key, self.clock().now_ms()), L1State::Fresh(_) | L1State::Negative) {
             return true;
         }
-        matches!(self.join_flight(key, true, prefetched).await, Some(Resolved::Found(_)))
+        matches!(self.join_flight(key, L2Step::Read, brought).await, Some(Resolved::Found(_)))
     }
 
     /// Whether `key` is in L1 and fresh, without counting a read or touching the policy.
@@ -223,14 +239,15 @@ impl Cache {
     /// A stale copy answers now; a refresh starts unless one runs or nothing could refresh it
     /// (no origin, and the copy came from L2 or there is no L2 to look in).
     fn serve_stale(self: &Arc<Self>, key: &Key, entry: Entry, source: Source) -> Hit {
-        self.metrics().stale_served.inc();
-        let check_l2 = source == Source::L1 && self.has_l2();
-        let stale = if !check_l2 && self.origin.is_none() {
+        self.metrics().counters.stale_served.inc();
+        // A copy from L1 may have a fresher one in L2; one from L2 has not.
+        let l2_step = if source == Source::L1 && self.has_l2() { L2Step::Read } else { L2Step::Skip };
+        let stale = if l2_step == L2Step::Skip && self.origin.is_none() {
             Stale::NoRefresh
         } else {
             if !self.flights.is_running(key.as_str()) {
                 if let Some(run) = self.flights.join(key).run {
-                    self.spawn_flight(run, check_l2, false);
+                    self.spawn_flight(run, l2_step, Brought::OnDemand);
                 }
             }
             Stale::Refreshing
@@ -244,18 +261,18 @@ impl Cache {
     /// L1 miss, costs no spawn and no hand-off. Only the origin step runs detached, so a client
     /// that goes away never cancels an origin fetch others wait for. A starter that goes away
     /// during the L2 read ends the flight without a result; its waiters then start again.
-    async fn join_flight(self: &Arc<Self>, key: &Key, check_l2: bool, prefetch: bool) -> Option<Resolved> {
+    async fn join_flight(self: &Arc<Self>, key: &Key, l2_step: L2Step, brought: Brought) -> Option<Resolved> {
         let limit = self.origin.as_ref().map_or(L2_ONLY_WAIT, |origin| origin.timeout());
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let joined = self.flights.join(key);
             match joined.run {
                 Some(run) => {
-                    if let Some(resolved) = self.start_flight(run, check_l2, prefetch).await {
+                    if let Some(resolved) = self.start_flight(run, l2_step, brought).await {
                         return Some(resolved);
                     }
                 }
-                None => self.metrics().coalesced.inc(),
+                None => self.metrics().counters.coalesced.inc(),
             }
             match flight::wait(joined.receiver, deadline).await {
                 Ok(resolved) => return Some(resolved),
@@ -271,12 +288,12 @@ impl Cache {
     async fn start_flight(
         self: &Arc<Self>,
         run: FlightRun<Resolved>,
-        check_l2: bool,
-        prefetch: bool,
+        l2_step: L2Step,
+        brought: Brought,
     ) -> Option<Resolved> {
         let token = self.l1.fill_token(run.key().as_str());
         let started = Instant::now();
-        let stale_from_l2 = match self.flight_l2_step(&run, token, check_l2).await {
+        let stale_from_l2 = match self.flight_l2_step(&run, token, l2_step).await {
             Ok(stale) => stale,
             Err(resolved) => {
                 run.publish(resolved.clone());
@@ -291,17 +308,17 @@ impl Cache {
         }
         let engine = self.clone();
         self.instance.spawn(async move {
-            let resolved = engine.flight_origin_step(&run, token, stale_from_l2, started, prefetch).await;
+            let resolved = engine.flight_origin_step(&run, token, stale_from_l2, started, brought).await;
             run.publish(resolved);
         });
         own
     }
 
     /// A whole flight in the background (a stale-while-revalidate refresh).
-    fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, check_l2: bool, prefetch: bool) {
+    fn spawn_flight(self: &Arc<Self>, run: FlightRun<Resolved>, l2_step: L2Step, brought: Brought) {
         let engine = self.clone();
         self.instance.spawn(async move {
-            engine.start_flight(run, check_l2, prefetch).await;
+            engine.start_flight(run, l2_step, brought).await;
         });
     }
 
@@ -312,11 +329,11 @@ impl Cache {
         &self,
         run: &FlightRun<Resolved>,
         token: FillToken,
-        check_l2: bool,
+        l2_step: L2Step,
     ) -> Result<Option<Entry>, Resolved> {
         let key = run.key();
         let mut stale_from_l2 = None;
-        if let (Some(l2), true) = (self.instance.l2(), check_l2) {
+        if let (Some(l2), L2Step::Read) = (self.instance.l2(), l2_step) {
             match l2.get(key.as_str()).await {
                 Ok(Some(envelope)) => match self.fill_from_l2(key, envelope, token) {
                     Some(entry) if !entry.is_past_expiry(self.clock().now_ms()) => {
@@ -326,7 +343,7 @@ impl Cache {
                     None => {}
                 },
                 Ok(None) => {
-                    self.metrics().l2_misses.fetch_add(1, Ordering::Relaxed);
+                    self.metrics().counters.l2_misses.inc();
                 }
                 Err(err) => tracing::debug!(%err, "l2 read failed, answering from the tiers that remain"),
             }
@@ -350,7 +367,7 @@ impl Cache {
         token: FillToken,
         stale_from_l2: Option<Entry>,
         started: Instant,
-        prefetch: bool,
+        brought: Brought,
     ) -> Resolved {
         let key = run.key();
         let Some(origin) = &self.origin else { return Resolved::Absent };
@@ -360,7 +377,7 @@ impl Cache {
             Ok(Fetched::Value { value, ttl }) => {
                 let expires_at_ms = now_ms.saturating_add(ttl.map_or(0, |ttl| ttl.as_millis() as u64));
                 let mut entry = self.new_entry(EntryParts::plain(key, value, now_ms, expires_at_ms), now_ms);
-                if prefetch {
+                if brought == Brought::Prefetched {
                     entry = entry.mark_prefetched();
                 }
                 let entry = entry.build();
@@ -430,32 +447,32 @@ impl Cache {
         match resolved {
             Resolved::Found(hit) => {
                 match (&hit.served, hit.source) {
-                    (Served::Fresh, Source::L2) => self.metrics().hits_l2.inc(),
-                    (Served::Stale(_), _) => self.metrics().stale_served.inc(),
-                    _ => self.metrics().misses.inc(),
+                    (Served::Fresh, Source::L2) => self.metrics().counters.hits_l2.inc(),
+                    (Served::Stale(_), _) => self.metrics().counters.stale_served.inc(),
+                    _ => self.metrics().counters.misses.inc(),
                 }
                 Ok(Lookup::Hit(hit))
             }
             Resolved::Absent => {
-                self.metrics().misses.inc();
+                self.metrics().counters.misses.inc();
                 Ok(Lookup::Miss(Miss::Absent))
             }
             Resolved::NotFound { stored } => {
-                self.metrics().misses.inc();
+                self.metrics().counters.misses.inc();
                 Ok(Lookup::Miss(Miss::NotFound { stored }))
             }
             Resolved::Failed(err) => match fallback {
                 Some(entry) => {
-                    self.metrics().stale_served.inc();
+                    self.metrics().counters.stale_served.inc();
                     Ok(Lookup::Hit(Hit { entry, source: Source::L1, served: Served::Stale(Stale::OriginFailed) }))
                 }
                 None if self.origin.is_none() => {
                     // An L2-only flight that died: L2 is a best-effort tier, so this is a miss.
-                    self.metrics().misses.inc();
+                    self.metrics().counters.misses.inc();
                     Ok(Lookup::Miss(Miss::Absent))
                 }
                 None => {
-                    self.metrics().misses.inc();
+                    self.metrics().counters.misses.inc();
                     Err(EngineError::Origin(err))
                 }
             },
@@ -473,7 +490,7 @@ impl Cache {
         let depends_on: Result<Box<[Key]>, _> =
             envelope.depends_on.iter().map(|dep| Key::parse(dep, self.limits.max_key_bytes)).collect();
         let (Ok(tags), Ok(depends_on)) = (tags, depends_on) else {
-            self.metrics().l2_errors.inc();
+            self.metrics().counters.l2_errors.inc();
             tracing::warn!("l2 entry with invalid tags or dependencies, treated as a miss");
             return None;
         };

@@ -182,7 +182,7 @@ impl Persistence {
             }
             Err(SnapshotError::Missing) => None,
             Err(err) => {
-                engine.metrics().snapshot_load_errors.inc();
+                engine.metrics().counters.snapshot_load_errors.inc();
                 tracing::warn!(%err, path = %self.path.display(), "snapshot ignored");
                 None
             }

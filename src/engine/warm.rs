@@ -19,7 +19,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Cache, EngineError, ValidWrite, WriteRequest};
+use super::entry::present_raw;
+use super::{Brought, Cache, EngineError, ValidWrite, WriteRequest};
 use crate::config::WarmConfig;
 
 /// Writes per `set_many` call while warming from a URL.
@@ -263,7 +264,7 @@ impl Warmer {
         let mut fetches = futures_util::stream::iter(keys)
             .map(|raw| async move {
                 let key = engine.parse_writable_key(&raw).ok()?;
-                engine.fetch_into_cache(&key, false).await.then_some(())
+                engine.fetch_into_cache(&key, Brought::OnDemand).await.then_some(())
             })
             .buffer_unordered(self.config.parallelism.max(1));
         while let Some(result) = fetches.next().await {
@@ -278,10 +279,6 @@ impl Warmer {
     fn lock(&self) -> std::sync::MutexGuard<'_, WarmStatus> {
         self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn present_raw<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn parse_item(engine: &Cache, bytes: &[u8]) -> Result<ValidWrite, String> {

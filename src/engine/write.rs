@@ -74,7 +74,7 @@ impl Cache {
                 }
             }
         };
-        self.metrics().sets.inc_by(entries.len() as u64);
+        self.metrics().counters.sets.inc_by(entries.len() as u64);
 
         // The written keys were announced with the write; what the cascade removed is
         // announced now.

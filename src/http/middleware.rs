@@ -24,38 +24,18 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
 use super::error::ApiError;
-use super::{conformance, path, AppState};
+use super::{conformance, path, route, AppState};
 
-/// Routes that must answer even when the service is saturated.
-const NEVER_SHED: [&str; 3] = ["/health", "/ready", "/metrics"];
-
-/// The literal routes of `http::router`, each its own `route` label.
-pub(crate) const FIXED_ROUTES: [&str; 13] = [
-    "/api/cache",
-    "/api/cache/",
-    "/api/cache/invalidate",
-    "/api/cache/batch/get",
-    "/api/cache/batch/set",
-    "/api/cache/evict",
-    "/api/cache/prefetch",
-    "/api/cache/warm",
-    "/api/cache/snapshot",
-    "/api/cache/metrics",
-    "/metrics",
-    "/health",
-    "/ready",
-];
-const KEY_ROUTE: &str = "/api/cache/{*key}";
 const UNMATCHED: &str = "unmatched";
 
 /// The route template axum matches `path` (as the router gets it: canonical, see `path.rs`) to,
 /// or `unmatched`.
 pub(crate) fn route_of(path: &str) -> &'static str {
-    if let Some(route) = FIXED_ROUTES.iter().find(|route| **route == path) {
+    if let Some(route) = route::FIXED.iter().find(|route| **route == path) {
         return route;
     }
-    if path.len() > "/api/cache/".len() && path.starts_with("/api/cache/") {
-        return KEY_ROUTE;
+    if path.len() > route::EMPTY_KEY.len() && path.starts_with(route::EMPTY_KEY) {
+        return route::KEY;
     }
     UNMATCHED
 }
@@ -131,7 +111,7 @@ where
         if let Some(response) = self.state.auth.refusal(request.uri().path(), request.method(), request.headers()) {
             return refused(request, response);
         }
-        let permit = if NEVER_SHED.contains(&route) {
+        let permit = if route::NEVER_SHED.contains(&route) {
             None
         } else {
             match self.state.in_flight.clone().try_acquire_owned() {
@@ -267,10 +247,10 @@ mod tests {
     fn route_of_names_fixed_routes_keys_and_the_rest() {
         assert_eq!(route_of("/api/cache/invalidate"), "/api/cache/invalidate");
         assert_eq!(route_of("/api/cache/"), "/api/cache/");
-        assert_eq!(route_of("/api/cache/user:1"), KEY_ROUTE);
-        assert_eq!(route_of("/api/cache/batch/other"), KEY_ROUTE);
+        assert_eq!(route_of("/api/cache/user:1"), route::KEY);
+        assert_eq!(route_of("/api/cache/batch/other"), route::KEY);
         // The path as the router sees it: the guard has already made it canonical (path.rs).
-        assert_eq!(route_of("/api/cache/%69nvalidate"), KEY_ROUTE, "as axum matches an uncanonical path");
+        assert_eq!(route_of("/api/cache/%69nvalidate"), route::KEY, "as axum matches an uncanonical path");
         assert_eq!(route_of("/health/"), UNMATCHED);
         assert_eq!(route_of("/nope"), UNMATCHED);
     }
@@ -279,7 +259,7 @@ mod tests {
     /// else is.
     #[test]
     fn the_reserved_keys_are_the_fixed_routes_under_the_key_prefix() {
-        let mut names: Vec<&str> = FIXED_ROUTES
+        let mut names: Vec<&str> = route::FIXED
             .iter()
             .filter_map(|route| route.strip_prefix(super::super::extract::KEY_PREFIX))
             .filter(|name| !name.is_empty())

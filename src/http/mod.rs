@@ -8,6 +8,7 @@ mod extract;
 mod middleware;
 mod path;
 mod render;
+pub mod route;
 mod routes;
 mod server;
 
@@ -75,25 +76,25 @@ pub(crate) fn service(
     ServiceBuilder::new().layer(middleware::GuardLayer::new(state.clone())).service(router(state))
 }
 
-/// Every route of SPEC §3. The fixed routes are literal paths, so they win over a key of the
-/// same name for every method (`GET /api/cache/invalidate` is 405, not a key lookup). Keep
-/// `middleware::FIXED_ROUTES` in step.
+/// Every route of SPEC §3 (paths in `route.rs`). The fixed routes are literal paths, so they
+/// win over a key of the same name for every method (`GET /api/cache/invalidate` is 405, not a
+/// key lookup).
 fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/cache", delete(routes::bulk::clear))
-        .route("/api/cache/", any(routes::entries::empty_key))
-        .route("/api/cache/invalidate", post(routes::bulk::invalidate))
-        .route("/api/cache/batch/get", post(routes::bulk::batch_get))
-        .route("/api/cache/batch/set", post(routes::bulk::batch_set))
-        .route("/api/cache/evict", post(routes::bulk::evict))
-        .route("/api/cache/prefetch", post(routes::prefetch::queue).get(routes::prefetch::list))
-        .route("/api/cache/warm", post(routes::lifecycle::warm_start).get(routes::lifecycle::warm_status))
-        .route("/api/cache/snapshot", post(routes::lifecycle::snapshot))
-        .route("/api/cache/metrics", get(routes::ops::metrics_json))
-        .route("/api/cache/{*key}", get(routes::entries::get).put(routes::entries::put).delete(routes::entries::delete))
-        .route("/metrics", get(routes::ops::prometheus))
-        .route("/health", get(routes::ops::health))
-        .route("/ready", get(routes::ops::ready))
+        .route(route::CLEAR, delete(routes::bulk::clear))
+        .route(route::EMPTY_KEY, any(routes::entries::empty_key))
+        .route(route::INVALIDATE, post(routes::bulk::invalidate))
+        .route(route::BATCH_GET, post(routes::bulk::batch_get))
+        .route(route::BATCH_SET, post(routes::bulk::batch_set))
+        .route(route::EVICT, post(routes::bulk::evict))
+        .route(route::PREFETCH, post(routes::prefetch::queue).get(routes::prefetch::list))
+        .route(route::WARM, post(routes::lifecycle::warm_start).get(routes::lifecycle::warm_status))
+        .route(route::SNAPSHOT, post(routes::lifecycle::snapshot))
+        .route(route::METRICS_JSON, get(routes::ops::metrics_json))
+        .route(route::KEY, get(routes::entries::get).put(routes::entries::put).delete(routes::entries::delete))
+        .route(route::PROMETHEUS, get(routes::ops::prometheus))
+        .route(route::HEALTH, get(routes::ops::health))
+        .route(route::READY, get(routes::ops::ready))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .with_state(state)
@@ -149,7 +150,7 @@ mod tests {
             "/api",
             "/nope",
         ];
-        let paths = middleware::FIXED_ROUTES.iter().chain(&others);
+        let paths = route::FIXED.iter().chain(&others);
         for &path in paths {
             for method in ["GET", "POST", "PUT", "DELETE"] {
                 let request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();

@@ -18,11 +18,11 @@ pub(crate) async fn run(cache: Arc<Cache>, interval: Duration, shutdown: Cancell
                 cache.refresh_gauges();
                 let stats = cache.stats();
                 tracing::info!(
-                    hits = stats.hits,
-                    misses = stats.misses,
-                    sets = stats.sets,
-                    evictions = stats.evictions,
-                    expirations = stats.expirations,
+                    hits = stats.counter("hits"),
+                    misses = stats.counter("misses"),
+                    sets = stats.counter("sets"),
+                    evictions = stats.counter("evictions"),
+                    expirations = stats.counter("expirations"),
                     l1_size = stats.l1_size,
                     l1_bytes = stats.l1_bytes,
                     "cache counters"

@@ -49,14 +49,22 @@ fn the_openapi_file_is_valid_openapi_3_1() {
     assert!(head.starts_with("openapi: 3.1."), "OpenAPI 3.1");
 }
 
-/// `(METHOD, path)` of every operation: from the router's `.route(...)` calls, and from the
-/// `paths` of `openapi.yaml` (the wildcard `{*key}` is `{key}` there).
+/// `(METHOD, path)` of every operation: from the router's `.route(route::NAME, ...)` calls
+/// (each NAME's path read from `src/http/route.rs`), and from the `paths` of `openapi.yaml`
+/// (the wildcard `{*key}` is `{key}` there).
 #[test]
 fn every_route_is_described_and_nothing_else_is() {
     let router = std::fs::read_to_string(project().join("src/http/mod.rs")).unwrap();
+    let routes = std::fs::read_to_string(project().join("src/http/route.rs")).unwrap();
+    let path_of = |name: &str| {
+        let definition = format!("pub const {name}: &str = \"");
+        let line = routes.lines().find_map(|line| line.strip_prefix(&definition)).expect("the route is defined");
+        line.split('"').next().unwrap().to_string()
+    };
     let mut served = BTreeSet::new();
-    for line in router.lines().map(str::trim).filter(|line| line.starts_with(".route(\"")) {
-        let path = line.trim_start_matches(".route(\"").split('"').next().unwrap().replace("{*key}", "{key}");
+    for line in router.lines().map(str::trim).filter(|line| line.starts_with(".route(route::")) {
+        let name = line.trim_start_matches(".route(route::").split(',').next().unwrap();
+        let path = path_of(name).replace("{*key}", "{key}");
         if path == "/api/cache/" {
             continue; // The empty key: answers 400 for every method; not an operation.
         }

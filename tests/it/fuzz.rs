@@ -7,24 +7,9 @@ use axum::http::Request;
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-const ROUTES: [&str; 12] = [
-    "/api/cache/",
-    "/api/cache",
-    "/api/cache/invalidate",
-    "/api/cache/batch/get",
-    "/api/cache/batch/set",
-    "/api/cache/evict",
-    "/api/cache/prefetch",
-    "/api/cache/warm",
-    "/api/cache/snapshot",
-    "/api/cache/metrics",
-    "/health",
-    "/metrics",
-];
-
 fn path() -> impl Strategy<Value = String> {
     prop_oneof![
-        (prop::sample::select(ROUTES.to_vec()), "[a-zA-Z0-9:/%._~\\-]{0,40}")
+        (prop::sample::select(tiercache::FIXED_ROUTES.to_vec()), "[a-zA-Z0-9:/%._~\\-]{0,40}")
             .prop_map(|(route, rest)| format!("{route}{rest}")),
         "/[ -~&&[^ #?]]{0,60}",
         "/api/cache/(%[0-9A-Fa-f]{2}){1,12}",

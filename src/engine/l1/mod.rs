@@ -680,7 +680,7 @@ mod tests {
         drop(replaced);
         assert_eq!(old.handles(), 1, "neither the key nor the value of the slot holds the old entry");
         assert_eq!(cache.peek("k").unwrap().version(), 2);
-        assert_eq!(cache.shared.metrics.evictions(EvictionReason::Capacity), 0, "a replacement is no eviction");
+        assert_eq!(cache.shared.metrics.counters.evicted_capacity.get(), 0, "a replacement is no eviction");
 
         // Too heavy for its shard: refused, the old entry is gone, and nothing is kept.
         let huge = entry(&k, 2 << 20, 3, &["t"], &[]);
@@ -712,7 +712,7 @@ mod tests {
         }
         assert_eq!(cache.tagged("all").len(), cache.len());
         assert_eq!(cache.dependents("root").len(), cache.len());
-        assert!(cache.shared.metrics.evictions(EvictionReason::Capacity) >= 576);
+        assert!(cache.shared.metrics.counters.evicted_capacity.get() >= 576);
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl L2 {
         match Envelope::decode(bytes, self.config.max_value_bytes) {
             Ok(envelope) => Some(envelope),
             Err(err) => {
-                self.metrics.l2_errors.inc();
+                self.metrics.counters.l2_errors.inc();
                 tracing::warn!(%err, "malformed value in l2, treated as a miss");
                 None
             }
@@ -492,13 +492,13 @@ impl L2 {
             }
             Ok(Err(err)) if is_data_error(&err) => {
                 // Redis answered about one key's data: the tier is fine, this command was not.
-                self.metrics.l2_errors.inc();
+                self.metrics.counters.l2_errors.inc();
                 return Err(L2Error::Redis(err.to_string()));
             }
             Ok(Err(err)) => L2Error::Redis(err.to_string()),
             Err(_) => L2Error::Timeout,
         };
-        self.metrics.l2_errors.inc();
+        self.metrics.counters.l2_errors.inc();
         if self.breaker.record_failure(Instant::now()) == Some(Transition::Opened) {
             tracing::info!(failures = self.config.breaker_failures, "l2 is down: circuit breaker opened");
             self.metrics.l2_up.set(0);

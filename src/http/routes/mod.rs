@@ -8,14 +8,9 @@ pub mod prefetch;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
 use serde_json::Number;
 
-/// Deserializes a present field as its raw JSON text, so that `null` is `Some("null")` and
-/// only a missing field (with `#[serde(default)]`) is `None`.
-fn present_raw<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(deserializer).map(Some)
-}
+pub(super) use crate::engine::entry::present_raw;
 
 /// A whole number however it is written (`5`, `5.0`, `5e0`): JSON has one number type, and a
 /// client whose language has only floats sends `5.0` for 5 (JSON Schema counts it an integer too).

@@ -43,38 +43,22 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
 /// present with their idle values, so clients can rely on the shape.
 pub async fn metrics_json(State(state): State<AppState>) -> Response {
     let stats = state.cache.stats();
-    let lookups = stats.hits + stats.misses;
-    let hit_rate = if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 };
-    Json(json!({
-        "hits": stats.hits,
-        "misses": stats.misses,
-        "hit_rate": hit_rate,
-        "sets": stats.sets,
-        "deletes": stats.deletes,
-        "evictions": stats.evictions,
-        "expirations": stats.expirations,
-        "l1_size": stats.l1_size,
-        "l1_bytes": stats.l1_bytes,
-        "l2_hits": stats.l2_hits,
-        "l2_misses": stats.l2_misses,
-        "l2_errors": stats.l2_errors,
-        "l2_status": state.cache.l2_status().as_str(),
-        "origin_fetches": stats.origin_fetches,
-        "origin_errors": stats.origin_errors,
-        "coalesced": stats.coalesced,
-        "stale_served": stats.stale_served,
-        "invalidations_published": stats.invalidations_published,
-        "invalidations_received": stats.invalidations_received,
-        "invalidations_malformed": stats.invalidations_malformed,
-        "prefetch_requests": stats.prefetch_requests,
-        "prefetch_hits": stats.prefetch_hits,
-        "prefetch_queue_size": stats.prefetch_queue_size,
-        "compression_ratio": stats.compression_ratio,
-        "snapshot_last_success": stats.snapshot_last_success_ms.map(rfc3339),
-        "uptime_secs": state.started.elapsed().as_secs(),
-        "instance_id": state.instance_id,
-    }))
-    .into_response()
+    let (hits, misses) = (stats.counter("hits"), stats.counter("misses"));
+    let hit_rate = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        stats.counters.iter().map(|(name, total)| (name.to_string(), json!(total))).collect();
+    body.extend([
+        ("hit_rate".to_string(), json!(hit_rate)),
+        ("l1_size".to_string(), json!(stats.l1_size)),
+        ("l1_bytes".to_string(), json!(stats.l1_bytes)),
+        ("l2_status".to_string(), json!(state.cache.l2_status().as_str())),
+        ("prefetch_queue_size".to_string(), json!(stats.prefetch_queue_size)),
+        ("compression_ratio".to_string(), json!(stats.compression_ratio)),
+        ("snapshot_last_success".to_string(), json!(stats.snapshot_last_success_ms.map(rfc3339))),
+        ("uptime_secs".to_string(), json!(state.started.elapsed().as_secs())),
+        ("instance_id".to_string(), json!(state.instance_id)),
+    ]);
+    Json(serde_json::Value::Object(body)).into_response()
 }
 
 /// Prometheus text exposition; 404 when `metrics.enabled` is false.
