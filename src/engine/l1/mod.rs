@@ -13,33 +13,34 @@
 //!   carrying its version; every record belongs to a resident entry or to a write in progress.
 //!   Each path that takes an entry out (replace, remove, eviction, sweep, drain) calls `forget`
 //!   exactly once for it.
-//! - Writes of one key are serialized by a striped mutex (`write_locks`), so the index records
-//!   of two concurrent writes of a key cannot interleave.
-//! - Fills (copies read from L2) are inserted only if no write or removal touched the key's
-//!   stripe, and no clear happened, since the fill's token was taken before the L2 read: each
-//!   write and removal bumps its stripe's epoch, each clear bumps `clear_epoch`. A fill racing
-//!   an invalidation is dropped (a miss), never resurrected (stale). Removals need no stripe: they clean up
-//!   conditionally on the version they removed. No stripe lock is held across `.await` (L1 is
-//!   synchronous) and a stripe lock is never taken inside a quick_cache hook.
-//! - While a snapshot restore runs, every write, removal and clear marks what it touched
-//!   *before* acting, under the key's stripe lock (a clear: under all of them), and a restored
-//!   entry is inserted under the key's stripe lock only if the key is unmarked and absent: a
-//!   restore never overwrites or resurrects what a client changed since start.
+//! - Writes of one key are serialized by its write stripe, and a fill racing a write,
+//!   removal or clear is dropped (a miss), never resurrected (stale): `fill.rs`. Removals need
+//!   no stripe: they clean up conditionally on the version they removed.
+//! - A snapshot restore never overwrites or resurrects what a client changed since start:
+//!   `restore.rs`.
 //! - Knows nothing of Redis or HTTP.
+//!
+//! Files: `mod.rs` the storage and its indexes, `index.rs` the versioned index, `fill.rs` the
+//! write stripes and fill tokens, `restore.rs` restore tracking.
 
+mod fill;
 mod index;
+mod restore;
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
+pub(crate) use self::fill::FillToken;
+use self::fill::Stripes;
 use self::index::VersionedIndex;
+use self::restore::RestoreTracker;
+pub(crate) use self::restore::Restored;
 use super::entry::Entry;
 use super::key::{Key, Tag};
 use crate::config::L1Config;
@@ -48,73 +49,13 @@ use crate::metrics::{EvictionReason, Metrics};
 pub(crate) struct L1 {
     cache: Cache<KeyOf, Entry, EntryWeighter, DefaultHashBuilder, Hooks>,
     shared: Arc<Shared>,
-    /// Serializes writes of one key (see the module invariants). Striped, not per key, so its
-    /// memory does not grow with the key space.
-    write_locks: Box<[Mutex<()>]>,
-    /// Per stripe: bumped by every write and removal of a key in it (see the fill invariant).
-    epochs: Box<[AtomicU64]>,
-    clear_epoch: AtomicU64,
-    /// foldhash, seeded per instance (SipHash cost a write ~300 instructions).
-    stripe_hasher: DefaultHashBuilder,
+    /// Write stripes and fill epochs (`fill.rs`).
+    stripes: Stripes,
     /// Largest weight one shard can hold; a bigger entry could never be admitted.
     shard_capacity: u64,
     weighter: EntryWeighter,
     restore: RestoreTracker,
     max_entries: u64,
-}
-
-/// What clients changed while a snapshot restore runs (see the module invariants): keys
-/// written or removed, patterns and tags invalidated, and whether L1 was cleared.
-#[derive(Default)]
-struct RestoreTracker {
-    active: std::sync::atomic::AtomicBool,
-    touched: dashmap::DashSet<Box<str>>,
-    /// Set once anything is touched: the common restore (no client changes) skips the set.
-    any_touched: std::sync::atomic::AtomicBool,
-    invalidated: Mutex<(Vec<String>, Vec<String>)>,
-    /// Set once a pattern or tag invalidation is recorded.
-    any_invalidated: std::sync::atomic::AtomicBool,
-    /// Set once a fill (L2 or origin copy) is inserted.
-    any_filled: std::sync::atomic::AtomicBool,
-    cleared: std::sync::atomic::AtomicBool,
-}
-
-/// What became of one snapshot entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Restored {
-    Inserted,
-    /// Written, removed, cleared or filled since the restore began: the newer state stays.
-    Superseded,
-    /// A pattern, tag or dependency invalidated since the restore began covers it: it is
-    /// marked touched, and the caller cascades to dependents restored before it.
-    Invalidated,
-}
-
-impl RestoreTracker {
-    #[inline]
-    fn touch(&self, entry: &Entry) {
-        if self.active.load(Ordering::Acquire) {
-            self.mark(entry.key());
-        }
-    }
-
-    /// Records `key`; the flag is raised first, so a reader that sees no flag saw no key.
-    fn mark(&self, key: &str) {
-        self.any_touched.store(true, Ordering::Release);
-        self.touched.insert(key.into());
-    }
-
-    fn is_touched(&self, key: &str) -> bool {
-        self.any_touched.load(Ordering::Acquire) && self.touched.contains(key)
-    }
-}
-
-/// Proof that nothing changed a key between an L2 read and the fill of its result.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FillToken {
-    stripe: usize,
-    epoch: u64,
-    clear_epoch: u64,
 }
 
 /// State the eviction hook shares with the cache's owner.
@@ -124,8 +65,6 @@ struct Shared {
     bytes: AtomicI64,
     metrics: Arc<Metrics>,
 }
-
-const WRITE_LOCK_STRIPES: usize = 1024;
 
 impl L1 {
     pub fn new(config: &L1Config, metrics: Arc<Metrics>) -> Self {
@@ -151,10 +90,7 @@ impl L1 {
         Self {
             cache,
             shared,
-            write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            epochs: (0..WRITE_LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            clear_epoch: AtomicU64::new(0),
-            stripe_hasher: DefaultHashBuilder::default(),
+            stripes: Stripes::new(),
             shard_capacity,
             weighter,
             restore: RestoreTracker::default(),
@@ -180,117 +116,11 @@ impl L1 {
 
     /// Stores `entry` under its key; returns the entry it replaced. The caller checked `fits`.
     pub fn insert(&self, entry: Entry) -> Option<Entry> {
-        let stripe = self.stripe_of(entry.key_bytes());
-        let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stripe = self.stripes.of(entry.key_bytes());
+        let _write_guard = self.stripes.lock(stripe);
         self.restore.touch(&entry);
-        self.epochs[stripe].fetch_add(1, Ordering::AcqRel);
+        self.stripes.bump(stripe);
         self.insert_locked(entry)
-    }
-
-    /// Starts tracking client changes for a restore; [`L1::insert_restored`] honours them.
-    /// Called before the server answers, so no change can slip in before it. Idempotent.
-    pub fn begin_restore(&self) {
-        if self.restore.active.load(Ordering::Acquire) {
-            return;
-        }
-        self.restore.touched.clear();
-        self.restore.any_touched.store(false, Ordering::Release);
-        *self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
-        self.restore.any_invalidated.store(false, Ordering::Release);
-        self.restore.any_filled.store(false, Ordering::Release);
-        self.restore.cleared.store(false, Ordering::Release);
-        self.restore.active.store(true, Ordering::Release);
-    }
-
-    pub fn end_restore(&self) {
-        self.restore.active.store(false, Ordering::Release);
-        self.restore.touched.clear();
-        *self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Default::default();
-    }
-
-    /// Records a pattern or tag invalidation for a running restore (before it is applied).
-    pub fn note_invalidation(&self, pattern: Option<&str>, tags: &[String]) {
-        if self.restore.active.load(Ordering::Acquire) {
-            let mut invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            invalidated.0.extend(pattern.map(str::to_string));
-            invalidated.1.extend(tags.iter().cloned());
-            self.restore.any_invalidated.store(true, Ordering::Release);
-        }
-    }
-
-    /// Inserts an entry from a snapshot unless clients changed what it stands for since
-    /// [`L1::begin_restore`] (see [`Restored`]).
-    pub fn insert_restored(&self, entry: Entry) -> Restored {
-        let key = entry.key();
-        let stripe = self.stripe_of(key.as_bytes());
-        let _write_guard = self.write_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.restore.cleared.load(Ordering::Acquire) || self.restore.is_touched(key) {
-            return Restored::Superseded;
-        }
-        let covered = self.restore.any_invalidated.load(Ordering::Acquire) && {
-            let invalidated = self.restore.invalidated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            invalidated.0.iter().any(|pattern| super::glob::matches(pattern, key))
-                || entry.tags().iter().any(|tag| invalidated.1.iter().any(|gone| gone == tag.as_str()))
-        };
-        if covered || entry.depends_on().iter().any(|dep| self.restore.is_touched(dep.as_str())) {
-            self.restore.mark(key);
-            return Restored::Invalidated;
-        }
-        if !self.restore.any_touched.load(Ordering::Acquire) && !self.restore.any_filled.load(Ordering::Acquire) {
-            // Nothing but this restore has inserted since it began, and a snapshot names each
-            // key once, so the key is vacant: one plain insert. (A client insert of this key
-            // raises its flag under this same stripe lock, so it cannot slip in between.)
-            self.insert_new_locked(entry);
-            return Restored::Inserted;
-        }
-        if self.insert_vacant_locked(entry) {
-            Restored::Inserted
-        } else {
-            Restored::Superseded
-        }
-    }
-
-    /// Records a removal for a running restore. Removals otherwise take no stripe lock; here
-    /// they take the key's, so a restore insert is either before the mark (and the removal then
-    /// removes it) or after it (and sees it).
-    fn touch_for_restore(&self, key: &str) {
-        if self.restore.active.load(Ordering::Acquire) {
-            let _stripe = self.write_locks[self.stripe_of(key.as_bytes())]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.restore.mark(key);
-        }
-    }
-
-    /// Inserts an entry whose key is known to be vacant; the caller holds the stripe.
-    fn insert_new_locked(&self, entry: Entry) {
-        self.shared.remember(&entry);
-        let mut evicted = Evicted::default();
-        self.cache.insert_with_lifecycle(KeyOf(entry.clone()), entry, &mut evicted);
-        drop(evicted); // Evicted values are freed here, outside every lock.
-    }
-
-    /// Inserts `entry` only if `key` is not resident, in one map lookup (the restore's hot
-    /// path); returns whether it did. Same record order as `insert_locked`: index records and
-    /// bytes first, withdrawn if the key turns out to be resident. The caller holds the stripe.
-    fn insert_vacant_locked(&self, entry: Entry) -> bool {
-        self.shared.remember(&entry);
-        let mut evicted = Evicted::default();
-        let inserted = match self.cache.entry(&KeyOf(entry.clone()), None, |_, _| EntryAction::Retain(())) {
-            EntryResult::Vacant(guard) => match guard.insert_with_lifecycle(entry.clone(), &mut evicted) {
-                Ok(()) => true,
-                Err(rejected) => {
-                    self.shared.forget(&rejected, EvictionReason::Replaced);
-                    return false; // Too heavy to admit; its records are withdrawn already.
-                }
-            },
-            _ => false,
-        };
-        if !inserted {
-            self.shared.forget(&entry, EvictionReason::Replaced);
-        }
-        drop(evicted);
-        inserted
     }
 
     /// Makes room in the map for `additional` more entries (capped at `l1.max_entries`), so a
@@ -308,37 +138,27 @@ impl L1 {
 
     /// Taken before reading `key` from L2; [`L1::insert_fill`] honours it.
     pub fn fill_token(&self, key: &str) -> FillToken {
-        let stripe = self.stripe_of(key.as_bytes());
-        FillToken {
-            stripe,
-            epoch: self.epochs[stripe].load(Ordering::Acquire),
-            clear_epoch: self.clear_epoch.load(Ordering::Acquire),
-        }
+        self.stripes.token(key.as_bytes())
     }
 
     /// Stores a copy read from L2 or the origin unless the key was written, removed or cleared
     /// since `token` was taken, or a fresh copy (at `now_ms`) is resident already; a stale
     /// resident copy is replaced. Returns whether it was stored.
     pub fn insert_fill(&self, entry: Entry, token: FillToken, now_ms: u64) -> bool {
-        let _write_guard = self.write_locks[token.stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.is_unchanged(token)
+        let _write_guard = self.stripes.lock(token.stripe());
+        if !self.stripes.is_unchanged(token)
             || self.cache.peek(entry.key_bytes()).is_some_and(|resident| resident.is_fresh(now_ms))
         {
             return false;
         }
-        self.restore.any_filled.store(true, Ordering::Release);
+        self.restore.filled();
         self.insert_locked(entry);
         true
     }
 
     /// Whether nothing wrote, removed or cleared the token's key since it was taken.
     pub fn is_unchanged(&self, token: FillToken) -> bool {
-        self.epochs[token.stripe].load(Ordering::Acquire) == token.epoch
-            && self.clear_epoch.load(Ordering::Acquire) == token.clear_epoch
-    }
-
-    fn stripe_of(&self, key: &[u8]) -> usize {
-        self.stripe_hasher.hash_one(key) as usize % WRITE_LOCK_STRIPES
+        self.stripes.is_unchanged(token)
     }
 
     /// The insert itself; the caller holds the key's stripe lock.
@@ -357,7 +177,7 @@ impl L1 {
     /// are cancelled even when nothing was resident.
     pub fn remove(&self, key: &str, reason: EvictionReason) -> Option<Entry> {
         self.touch_for_restore(key);
-        self.epochs[self.stripe_of(key.as_bytes())].fetch_add(1, Ordering::AcqRel);
+        self.stripes.bump(self.stripes.of(key.as_bytes()));
         let (_, entry) = self.cache.remove(key.as_bytes())?;
         self.shared.forget(&entry, reason);
         Some(entry)
@@ -366,7 +186,7 @@ impl L1 {
     /// Removes `key` only if its resident entry is `version`; returns the removed entry.
     pub fn remove_version(&self, key: &str, version: u64, reason: EvictionReason) -> Option<Entry> {
         self.touch_for_restore(key);
-        self.epochs[self.stripe_of(key.as_bytes())].fetch_add(1, Ordering::AcqRel);
+        self.stripes.bump(self.stripes.of(key.as_bytes()));
         let (_, entry) = self.cache.remove_if(key.as_bytes(), |resident| resident.version() == version)?;
         self.shared.forget(&entry, reason);
         Some(entry)
@@ -391,17 +211,13 @@ impl L1 {
 
     /// Removes every entry; returns how many.
     pub fn clear(&self) -> usize {
-        if self.restore.active.load(Ordering::Acquire) {
+        if self.restore.is_active() {
             // Every stripe, in order (no other path holds two), so that no restore insert is
             // between its check and its insert when the flag goes up.
-            let _stripes: Vec<_> = self
-                .write_locks
-                .iter()
-                .map(|lock| lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-                .collect();
-            self.restore.cleared.store(true, Ordering::Release);
+            let _stripes = self.stripes.lock_all();
+            self.restore.cleared();
         }
-        self.clear_epoch.fetch_add(1, Ordering::AcqRel);
+        self.stripes.bump_clear();
         let mut n_removed = 0;
         for (_, entry) in self.cache.drain() {
             self.shared.forget(&entry, EvictionReason::Invalidated);
