@@ -4,17 +4,6 @@ use serde_json::json;
 
 use crate::harness::{eventually, RedisCluster, TestApp};
 
-async fn spawn(cluster: &RedisCluster) -> TestApp {
-    let seeds = cluster.seeds();
-    let app = TestApp::spawn(move |s| {
-        s.l2.cluster_nodes = seeds;
-        s.l2.timeout_ms = 1000;
-    })
-    .await;
-    app.wait_for_l2("up").await;
-    app
-}
-
 fn keys(count: usize) -> Vec<String> {
     (0..count).map(|idx| format!("item:{idx}")).collect()
 }
@@ -22,8 +11,8 @@ fn keys(count: usize) -> Vec<String> {
 #[tokio::test]
 async fn a_cluster_round_trip_spreads_keys_over_every_master() {
     let cluster = RedisCluster::start().await;
-    let a = spawn(&cluster).await;
-    let b = spawn(&cluster).await;
+    let a = TestApp::spawn_with_cluster(&cluster).await;
+    let b = TestApp::spawn_with_cluster(&cluster).await;
     let entries: Vec<_> = keys(30).iter().map(|key| json!({"key": key, "value": key, "tags": ["all"]})).collect();
     a.post("/api/cache/batch/set", json!({ "entries": entries })).await.assert_status(200);
     assert_eq!(cluster.keys("tiercache:k:*").len(), 30);
@@ -38,8 +27,8 @@ async fn a_cluster_round_trip_spreads_keys_over_every_master() {
 #[tokio::test]
 async fn pattern_tag_cascade_and_clear_work_across_slots() {
     let cluster = RedisCluster::start().await;
-    let a = spawn(&cluster).await;
-    let b = spawn(&cluster).await;
+    let a = TestApp::spawn_with_cluster(&cluster).await;
+    let b = TestApp::spawn_with_cluster(&cluster).await;
     for key in keys(20) {
         a.put(&key, json!({"value": 1, "tags": ["even-or-odd"]})).await.assert_status(200);
     }
@@ -65,8 +54,8 @@ async fn pattern_tag_cascade_and_clear_work_across_slots() {
 #[tokio::test]
 async fn invalidation_messages_reach_every_instance_through_the_cluster() {
     let cluster = RedisCluster::start().await;
-    let a = spawn(&cluster).await;
-    let b = spawn(&cluster).await;
+    let a = TestApp::spawn_with_cluster(&cluster).await;
+    let b = TestApp::spawn_with_cluster(&cluster).await;
     a.put("shared", json!({"value": 1})).await.assert_status(200);
     // a's own message about that write may still be in flight and drop b's first copy.
     eventually("b holds the value in L1", || async { b.get("/api/cache/shared").await.json()["source"] == "l1" }).await;

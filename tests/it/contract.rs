@@ -225,7 +225,7 @@ async fn schemathesis_finds_nothing_against_a_live_instance() {
         Reply::body(r#"[{"key":"warm:1","value":1,"tags":["warm"]},{"key":"warm:2","value":{"n":2}}]"#),
     );
     let origin_url = origin.url();
-    let warm_url = format!("http://127.0.0.1:{}/items/warm-source", origin.port);
+    let warm_url = origin.item_url("warm-source");
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("contract.snapshot").display().to_string();
     let redis_url = redis.url();

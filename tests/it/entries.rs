@@ -160,7 +160,18 @@ async fn default_ttl_applies_when_ttl_is_absent() {
 #[tokio::test]
 async fn put_with_a_matching_body_key_is_accepted() {
     let app = TestApp::spawn(|_| {}).await;
-    app.put("a:b", json!({"key": "a:b", "value": 1})).await.assert_status(200);
+    let put = app.put("a:b", json!({"key": "a:b", "value": 1})).await;
+    put.assert_status(200);
+    let body = put.json();
+    assert_eq!(
+        (body["success"].clone(), body["key"].clone(), body["l2"].clone()),
+        (json!(true), json!("a:b"), json!("disabled"))
+    );
+    assert_eq!(app.get("/api/cache/a:b").await.json()["value"], 1);
+    // A body key that differs is refused and leaves the stored entry as it was.
+    app.put("a:b", json!({"key": "a:c", "value": 2})).await.assert_error(400, "key_mismatch");
+    assert_eq!(app.get("/api/cache/a:b").await.json()["value"], 1);
+    app.get("/api/cache/a:c").await.assert_status(404);
 }
 
 #[tokio::test]

@@ -150,7 +150,7 @@ async fn behind_a_blackholed_origin_misses_time_out_and_stale_copies_stand_in() 
     let origin = crate::harness::TestOrigin::start().await;
     origin.set_default(crate::harness::Reply::cache_control("max-age=1"));
     let proxy = FaultProxy::start(origin.port).await;
-    let url = format!("http://127.0.0.1:{}/items/{{key}}", proxy.port);
+    let url = proxy.origin_url();
     let app = TestApp::spawn(move |s| {
         s.origin.url = url;
         s.origin.timeout_ms = 500;

@@ -80,7 +80,7 @@ async fn fixed_route_names_are_refused_wherever_an_entry_would_be_made() {
         json!([{"key": "metrics", "value": 1}, {"key": "warmed", "value": 2}, {"key": "batch/get", "value": 3}]);
     origin.set("source", Reply::body(&items.to_string()));
     let origin_url = origin.url();
-    let warm_url = format!("http://127.0.0.1:{}/items/source", origin.port);
+    let warm_url = origin.item_url("source");
     let app = TestApp::spawn(move |s| {
         s.origin.url = origin_url;
         s.warm.url = warm_url;

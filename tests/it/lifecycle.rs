@@ -175,15 +175,6 @@ async fn sigterm_writes_a_final_snapshot() {
     eventually("restored", || async { restarted.metric("l1_size").await == 10 }).await;
 }
 
-async fn warmed_instance(origin: &TestOrigin, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let url = format!("http://127.0.0.1:{}/items/source", origin.port);
-    TestApp::spawn(move |s| {
-        s.warm.url = url;
-        configure(s);
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_slow_warm_source_holds_readiness_then_loads_and_snapshots() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +182,7 @@ async fn a_slow_warm_source_holds_readiness_then_loads_and_snapshots() {
     let origin = TestOrigin::start().await;
     let items = json!([{"key": "a", "value": 1}, {"key": "b", "value": {"x": [1]}, "ttl": 60, "tags": ["t"]}]);
     origin.set("source", Reply { delay: Duration::from_millis(800), ..Reply::body(&items.to_string()) });
-    let app = warmed_instance(&origin, |s| s.persistence.path = path.display().to_string()).await;
+    let app = TestApp::spawn_warmed_from(&origin, |s| s.persistence.path = path.display().to_string()).await;
 
     app.get("/ready").await.assert_error(503, "not_ready");
     assert_eq!(app.get("/api/cache/warm").await.json()["state"], "running");
@@ -199,7 +190,7 @@ async fn a_slow_warm_source_holds_readiness_then_loads_and_snapshots() {
     let status = app.get("/api/cache/warm").await.json();
     assert_eq!(status["state"], "done");
     assert_eq!((status["loaded"].clone(), status["errors"].clone()), (json!(2), json!(0)));
-    assert_eq!(status["source"], format!("http://127.0.0.1:{}/items/source", origin.port));
+    assert_eq!(status["source"], origin.item_url("source"));
     assert!(status["started_at"].is_string() && status["finished_at"].is_string());
     let b = app.get("/api/cache/b").await.json();
     assert_eq!((b["value"].clone(), b["tags"].clone()), (json!({"x": [1]}), json!(["t"])));
@@ -220,7 +211,7 @@ async fn ndjson_sources_skip_and_count_bad_lines() {
         "{\"key\":\"c\",\"value\":null,\"extra\":true}",
     );
     origin.set("source", Reply { content_type: Some("application/x-ndjson".into()), ..Reply::body(body) });
-    let app = warmed_instance(&origin, |_| {}).await;
+    let app = TestApp::spawn_warmed_from(&origin, |_| {}).await;
     eventually("warmed", || async { app.get("/api/cache/warm").await.json()["state"] == "done" }).await;
     let status = app.get("/api/cache/warm").await.json();
     assert_eq!((status["loaded"].clone(), status["errors"].clone()), (json!(3), json!(3)));
@@ -235,7 +226,7 @@ async fn an_array_is_recognized_without_a_json_content_type() {
     let origin = TestOrigin::start().await;
     let body = "  [ {\"key\":\"a\",\"value\":\"x,]\"}, 42, {\"key\":\"b\",\"value\":[{}]} ]";
     origin.set("source", Reply { content_type: Some("text/plain".into()), ..Reply::body(body) });
-    let app = warmed_instance(&origin, |_| {}).await;
+    let app = TestApp::spawn_warmed_from(&origin, |_| {}).await;
     eventually("warmed", || async { app.get("/api/cache/warm").await.json()["state"] == "done" }).await;
     let status = app.get("/api/cache/warm").await.json();
     assert_eq!((status["loaded"].clone(), status["errors"].clone()), (json!(2), json!(1)));
@@ -246,7 +237,7 @@ async fn an_array_is_recognized_without_a_json_content_type() {
 async fn periodic_warms_pick_up_changes_and_survive_an_unreachable_source() {
     let origin = TestOrigin::start().await;
     origin.set("source", Reply::status(503));
-    let app = warmed_instance(&origin, |s| s.warm.interval_secs = 1).await;
+    let app = TestApp::spawn_warmed_from(&origin, |s| s.warm.interval_secs = 1).await;
     eventually("the first warm failed", || async { app.get("/api/cache/warm").await.json()["state"] == "failed" })
         .await;
     app.get("/ready").await.assert_status(200);
@@ -265,7 +256,7 @@ async fn periodic_warms_pick_up_changes_and_survive_an_unreachable_source() {
 async fn post_warm_starts_a_run_and_refuses_a_second_while_it_runs() {
     let origin = TestOrigin::start().await;
     origin.set("source", Reply::body(r#"[{"key":"k","value":1}]"#));
-    let app = warmed_instance(&origin, |_| {}).await;
+    let app = TestApp::spawn_warmed_from(&origin, |_| {}).await;
     eventually("the start-up warm is done", || async { app.get("/api/cache/warm").await.json()["state"] == "done" })
         .await;
     origin.set("source", Reply { delay: Duration::from_millis(500), ..Reply::body(r#"[{"key":"k","value":2}]"#) });
@@ -327,7 +318,7 @@ fn each_start_up_stage_is_logged_once_in_order() {
 async fn a_warm_that_outlasts_its_timeout_stops_holding_readiness() {
     let origin = TestOrigin::start().await;
     origin.set("source", Reply { delay: Duration::from_secs(5), ..Reply::body(r#"[{"key":"k","value":1}]"#) });
-    let app = warmed_instance(&origin, |s| s.warm.timeout_secs = 1).await;
+    let app = TestApp::spawn_warmed_from(&origin, |s| s.warm.timeout_secs = 1).await;
     app.get("/ready").await.assert_status(503);
     let started = std::time::Instant::now();
     eventually("ready once warm.timeout_secs passed", || async { app.get("/ready").await.status == 200 }).await;
@@ -340,7 +331,7 @@ async fn warmed_entries_reach_l2_for_every_instance() {
     let redis = crate::harness::RedisServer::start().await;
     let origin = TestOrigin::start().await;
     origin.set("source", Reply::body(r#"[{"key":"shared","value":"warm","tags":["w"]}]"#));
-    let url = format!("http://127.0.0.1:{}/items/source", origin.port);
+    let url = origin.item_url("source");
     let warmer = TestApp::spawn_with_redis(&redis, |s| s.warm.url = url).await;
     eventually("warmed", || async { warmer.get("/api/cache/warm").await.json()["state"] == "done" }).await;
     let other = TestApp::spawn_with_redis(&redis, |_| {}).await;
@@ -362,6 +353,15 @@ async fn snapshots_are_written_every_interval() {
     // The file is renamed into place before the metric is set: wait for both.
     eventually("a periodic snapshot", || async {
         path.exists() && app.metric("snapshot_last_success").await.is_string()
+    })
+    .await;
+    let first = app.metric("snapshot_last_success").await;
+    let first_len = std::fs::metadata(&path).unwrap().len();
+    // Every interval, not once: a later snapshot holds a later write.
+    app.put("k2", json!({"value": "written after the first snapshot"})).await.assert_status(200);
+    eventually("a second periodic snapshot with the later write", || async {
+        app.metric("snapshot_last_success").await != first
+            && std::fs::metadata(&path).is_ok_and(|meta| meta.len() > first_len)
     })
     .await;
     app.shutdown().await;

@@ -4,18 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tiercache::Settings;
 
 use crate::harness::{client, eventually, RedisServer, Reply, TestApp, TestOrigin};
-
-async fn spawn_with_origin(origin: &TestOrigin, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let url = origin.url();
-    TestApp::spawn(move |s| {
-        s.origin.url = url;
-        configure(s);
-    })
-    .await
-}
 
 #[tokio::test]
 async fn a_miss_reads_through_to_the_origin_then_hits_l1_and_l2() {
@@ -54,7 +44,7 @@ async fn a_miss_reads_through_to_the_origin_then_hits_l1_and_l2() {
 #[tokio::test]
 async fn keys_reach_the_origin_percent_encoded_as_one_segment() {
     let origin = TestOrigin::start().await;
-    let app = spawn_with_origin(&origin, |_| {}).await;
+    let app = TestApp::spawn_with_origin(&origin, |_| {}).await;
     let response = app.get("/api/cache/users/1%20x%3Fy").await;
     response.assert_status(200);
     assert_eq!(response.json()["value"]["key"], "users/1 x?y");
@@ -67,7 +57,7 @@ async fn cache_control_sets_the_ttl_and_no_store_is_not_kept() {
     origin.set("short", Reply::cache_control("public, max-age=1"));
     origin.set("shared", Reply::cache_control("max-age=600, s-maxage=120"));
     origin.set("volatile", Reply::cache_control("no-store"));
-    let app = spawn_with_origin(&origin, |_| {}).await;
+    let app = TestApp::spawn_with_origin(&origin, |_| {}).await;
 
     let shared = app.get("/api/cache/shared").await.json()["ttl_remaining"].as_u64().unwrap();
     assert!((119..=120).contains(&shared), "s-maxage wins: {shared}");
@@ -94,7 +84,7 @@ async fn cache_control_sets_the_ttl_and_no_store_is_not_kept() {
 async fn an_origin_404_is_a_miss_remembered_only_when_configured() {
     let origin = TestOrigin::start().await;
     origin.set("gone", Reply::status(404));
-    let plain = spawn_with_origin(&origin, |_| {}).await;
+    let plain = TestApp::spawn_with_origin(&origin, |_| {}).await;
     for _ in 0..2 {
         let response = plain.get("/api/cache/gone").await;
         response.assert_status(404);
@@ -106,7 +96,7 @@ async fn an_origin_404_is_a_miss_remembered_only_when_configured() {
 
     let origin = TestOrigin::start().await;
     origin.set("gone", Reply::status(404));
-    let remembering = spawn_with_origin(&origin, |s| s.origin.negative_ttl_secs = 60).await;
+    let remembering = TestApp::spawn_with_origin(&origin, |s| s.origin.negative_ttl_secs = 60).await;
     let first = remembering.get("/api/cache/gone").await;
     first.assert_status(404);
     assert_eq!(first.header("cache-status").as_deref(), Some("tiercache; fwd=miss; fwd-status=404; stored"));
@@ -128,7 +118,7 @@ async fn origin_failures_answer_502_in_the_error_shape() {
     origin.set("slow", Reply::delayed(Duration::from_secs(3)));
     origin.set("garbage", Reply::body("<html>not json</html>"));
     origin.set("teapot", Reply::status(418));
-    let app = spawn_with_origin(&origin, |s| s.origin.timeout_ms = 300).await;
+    let app = TestApp::spawn_with_origin(&origin, |s| s.origin.timeout_ms = 300).await;
 
     let broken = app.get("/api/cache/broken").await;
     broken.assert_error(502, "origin_error");
@@ -152,7 +142,7 @@ async fn origin_failures_answer_502_in_the_error_shape() {
 async fn concurrent_misses_of_one_key_make_one_origin_request() {
     let origin = TestOrigin::start().await;
     origin.set("hot", Reply::delayed(Duration::from_millis(300)));
-    let app = spawn_with_origin(&origin, |_| {}).await;
+    let app = TestApp::spawn_with_origin(&origin, |_| {}).await;
     let requests = (0..200).map(|_| {
         let url = format!("{}/api/cache/hot", app.base);
         async move {
@@ -179,7 +169,7 @@ async fn concurrent_misses_of_one_key_make_one_origin_request() {
 async fn a_client_that_disconnects_does_not_cancel_the_fetch_for_the_others() {
     let origin = TestOrigin::start().await;
     origin.set("k", Reply::delayed(Duration::from_millis(400)));
-    let app = spawn_with_origin(&origin, |_| {}).await;
+    let app = TestApp::spawn_with_origin(&origin, |_| {}).await;
     let url = format!("{}/api/cache/k", app.base);
     let impatient = tokio::spawn({
         let url = url.clone();
@@ -255,7 +245,7 @@ async fn concurrent_l2_reads_of_different_keys_are_batched() {
 async fn an_expired_entry_is_served_stale_while_exactly_one_refresh_runs() {
     let origin = TestOrigin::start().await;
     origin.set("k", Reply::cache_control("max-age=1"));
-    let app = spawn_with_origin(&origin, |s| s.cache.grace_secs = 30).await;
+    let app = TestApp::spawn_with_origin(&origin, |s| s.cache.grace_secs = 30).await;
     assert_eq!(app.get("/api/cache/k").await.json()["value"]["fetch"], 1);
     origin.set("k", Reply { delay: Duration::from_millis(1500), ..Reply::cache_control("max-age=60") });
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -285,7 +275,7 @@ async fn an_expired_entry_is_served_stale_while_exactly_one_refresh_runs() {
 async fn a_failing_origin_is_covered_by_the_stale_copy_until_grace_ends() {
     let origin = TestOrigin::start().await;
     origin.set("k", Reply::cache_control("max-age=1"));
-    let app = spawn_with_origin(&origin, |s| s.cache.grace_secs = 2).await;
+    let app = TestApp::spawn_with_origin(&origin, |s| s.cache.grace_secs = 2).await;
     app.get("/api/cache/k").await.assert_status(200);
     origin.set("k", Reply::status(503));
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -349,7 +339,7 @@ async fn batch_get_reads_missing_keys_through_concurrently_and_bounded() {
     origin.set_default(Reply::delayed(Duration::from_millis(200)));
     origin.set("gone", Reply { delay: Duration::from_millis(200), ..Reply::status(404) });
     origin.set("broken", Reply { delay: Duration::from_millis(200), ..Reply::status(500) });
-    let app = spawn_with_origin(&origin, |s| s.origin.max_concurrency = 3).await;
+    let app = TestApp::spawn_with_origin(&origin, |s| s.origin.max_concurrency = 3).await;
     app.put("cached", json!({"value": "here"})).await.assert_status(200);
 
     let keys = json!(["cached", "a", "b", "c", "d", "e", "f", "gone", "broken"]);
@@ -373,7 +363,7 @@ async fn batch_get_reads_missing_keys_through_concurrently_and_bounded() {
 async fn batch_and_single_reads_of_one_key_share_a_fetch() {
     let origin = TestOrigin::start().await;
     origin.set("k", Reply::delayed(Duration::from_millis(400)));
-    let app = spawn_with_origin(&origin, |_| {}).await;
+    let app = TestApp::spawn_with_origin(&origin, |_| {}).await;
     let single = tokio::spawn(client().get(format!("{}/api/cache/k", app.base)).send());
     eventually("the single read reached the origin", || async { origin.count("k") == 1 }).await;
     let batch = app.post("/api/cache/batch/get", json!({"keys": ["k"]})).await.json();
@@ -387,7 +377,7 @@ async fn batch_and_single_reads_of_one_key_share_a_fetch() {
 async fn reads_held_open_by_a_slow_origin_count_against_max_concurrency() {
     let origin = TestOrigin::start().await;
     origin.set_default(Reply::delayed(Duration::from_millis(800)));
-    let app = spawn_with_origin(&origin, |s| s.server.max_concurrency = 3).await;
+    let app = TestApp::spawn_with_origin(&origin, |s| s.server.max_concurrency = 3).await;
     let held: Vec<_> =
         (0..3).map(|idx| tokio::spawn(client().get(format!("{}/api/cache/slow{idx}", app.base)).send())).collect();
     eventually("three reads wait on the origin", || async { origin.total() == 3 }).await;

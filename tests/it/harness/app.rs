@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde_json::Value;
 use tiercache::{App, Settings};
 
-use super::{client, eventually, RedisServer};
+use super::{client, eventually, RedisCluster, RedisServer, TestOrigin};
 
 /// An in-process tiercache on a free loopback port.
 pub struct TestApp {
@@ -171,6 +171,38 @@ impl TestApp {
         .await;
         app.wait_for_l2("up").await;
         app.wait_subscribed(redis).await;
+        app
+    }
+
+    /// An L1-only instance reading through to `origin`.
+    pub async fn spawn_with_origin(origin: &TestOrigin, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let url = origin.url();
+        TestApp::spawn(move |settings| {
+            settings.origin.url = url;
+            configure(settings);
+        })
+        .await
+    }
+
+    /// An instance warming from the item `source` of `origin` (`warm.url`).
+    pub async fn spawn_warmed_from(origin: &TestOrigin, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let url = origin.item_url("source");
+        TestApp::spawn(move |settings| {
+            settings.warm.url = url;
+            configure(settings);
+        })
+        .await
+    }
+
+    /// An instance with `cluster` as L2, once `/health` says L2 is up.
+    pub async fn spawn_with_cluster(cluster: &RedisCluster) -> TestApp {
+        let seeds = cluster.seeds();
+        let app = TestApp::spawn(move |settings| {
+            settings.l2.cluster_nodes = seeds;
+            settings.l2.timeout_ms = 1000;
+        })
+        .await;
+        app.wait_for_l2("up").await;
         app
     }
 

@@ -83,7 +83,12 @@ impl TestOrigin {
 
     /// The `origin.url` template for this origin.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/items/{{key}}", self.port)
+        self.item_url("{key}")
+    }
+
+    /// The URL of one item (`warm.url` sources are items too).
+    pub fn item_url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/items/{name}", self.port)
     }
 
     /// How `key` is answered from now on.

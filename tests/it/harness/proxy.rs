@@ -68,6 +68,11 @@ impl FaultProxy {
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// An `origin.url` template through the proxy, for a [`super::TestOrigin`] behind it.
+    pub fn origin_url(&self) -> String {
+        format!("http://127.0.0.1:{}/items/{{key}}", self.port)
+    }
 }
 
 impl Drop for FaultProxy {
